@@ -1,0 +1,1 @@
+"""The ``cellduality`` command line (typer). Each command group lives in its own module."""

@@ -1,0 +1,69 @@
+"""Entry point of the ``cellduality`` command.
+
+Every command module exposes ``register(app)``; this file only assembles them and turns
+:class:`~cellduality.errors.CellDualityError` into a one-line red message with exit code 2
+(no traceback for user errors). Ctrl-C exits 130 with a hint that re-running resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from cellduality.errors import CellDualityError
+
+app = typer.Typer(
+    name="cellduality",
+    help="CellDuality: language models that reason about single cells, trained with self-supervised RL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Modules register their commands in this order (it is also the order of `--help`).
+_COMMAND_MODULES = (
+    "quickstart_cmd",
+    "sentences_cmd",
+    "tasks_cmd",
+    "teach_cmd",
+    "sft_cmd",
+    "grpo_cmd",
+    "evaluate_cmd",
+    "inference_cmd",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"cellduality.cli.{_name}").register(app)
+
+
+@app.callback()
+def _root() -> None:
+    """CellDuality: language models that reason about single cells, trained with self-supervised RL."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the CellDuality version."""
+    from cellduality import __version__
+
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one red line and exit code 2."""
+    err = Console(stderr=True)
+    try:
+        # standalone mode: typer/click print usage errors themselves (exit 2).
+        app(args=argv, standalone_mode=True)
+    except CellDualityError as exc:
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/] Finished work is saved; re-run the same command to resume.")
+        sys.exit(130)
+
+if __name__ == "__main__":
+    main()

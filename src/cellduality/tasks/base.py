@@ -1,0 +1,256 @@
+"""Complementary task duality (paper Definition 3.1) as one protocol.
+
+A primal task maps an input ``x`` to an output ``y``. Its input splits into a *known* part
+``x_k`` and an *unknown* part ``x_u``; the complementary dual task rebuilds ``x_u`` from
+``(y, x_k)``. The distance ``d(x_u, x̂_u)`` turns that rebuild into a reward that needs no label.
+
+Every task (annotation, generation, sensitivity, perturbation) is one subclass of :class:`Task`.
+Everything downstream -- data builders, the teacher, rewards, training and evaluation -- talks to
+this class only, so a new task is one new module that subclasses it and calls
+:func:`register_task`.
+
+Data that crosses module boundaries is JSON-able (plain dicts, lists, strings), because it is
+stored in Hugging Face ``datasets`` columns as JSON strings; that keeps the Arrow schema identical
+for every task so multi-task mixtures concatenate cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from cellduality.errors import CellDualityError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cellduality.sentences import CellSentenceDataset
+
+Known = dict[str, Any]
+"""``x_k``: the part of the primal input the dual task is given (JSON-able)."""
+Unknown = dict[str, Any]
+"""``x_u``: the part of the primal input the dual task must rebuild (JSON-able)."""
+Answer = Any
+"""A parsed primal answer: a label string, a gene list, ... (JSON-able)."""
+
+TaskKind = Literal["classification", "generative"]
+
+# --------------------------------------------------------------------------------------------
+# Answer format shared by all tasks:  <think> reasoning </think> <answer> final answer </answer>
+# --------------------------------------------------------------------------------------------
+
+_ANSWER_RE = re.compile(r"<\s*answer\s*>(.*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
+_THINK_RE = re.compile(r"<\s*think\s*>(.*?)<\s*/\s*think\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def format_response(reasoning: str, answer: str) -> str:
+    """Render a response in the canonical ``<think>…</think>`` then ``<answer>…</answer>`` form."""
+    return f"<think> {reasoning.strip()} </think> <answer> {answer.strip()} </answer>"
+
+
+def extract_answer(text: Any) -> str | None:
+    """Return the stripped content of the single ``<answer>`` block, or ``None``.
+
+    Forgiving about whitespace and tag case; strict about structure: no block, an empty block or
+    more than one block (hedging between answers) is malformed. Never raises.
+    """
+    if not isinstance(text, str):
+        return None
+    blocks = _ANSWER_RE.findall(text)
+    if len(blocks) != 1:
+        return None
+    content = " ".join(blocks[0].split())
+    return content or None
+
+
+def extract_reasoning(text: Any) -> str:
+    """Return the ``<think>`` content (empty string when absent). Never raises."""
+    if not isinstance(text, str):
+        return ""
+    match = _THINK_RE.search(text)
+    return " ".join(match.group(1).split()) if match else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Context and examples
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task must know about its dataset that is *not* per-example ground truth.
+
+    The label vocabulary (the candidate set a classifier chooses from), the gene vocabulary (to
+    reject sentences made of non-genes) and the perturbation / drug vocabularies. It is saved
+    with task datasets and model directories so rewards and inference rebuild the same task.
+    """
+
+    dataset: str = ""
+    labels: tuple[str, ...] = ()
+    genes: frozenset[str] = field(default_factory=frozenset)
+    perturbations: tuple[str, ...] = ()
+    drugs: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "labels": list(self.labels),
+            "genes": sorted(self.genes),
+            "perturbations": list(self.perturbations),
+            "drugs": list(self.drugs),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskContext:
+        return cls(
+            dataset=data.get("dataset", ""),
+            labels=tuple(data.get("labels", ())),
+            genes=frozenset(data.get("genes", ())),
+            perturbations=tuple(data.get("perturbations", ())),
+            drugs=tuple(data.get("drugs", ())),
+            options=dict(data.get("options", {})),
+        )
+
+
+@dataclass
+class Example:
+    """One primal example: the full input ``x``, the reference output ``y*`` and a seed.
+
+    ``seed`` fixes everything random about the example (prompt paraphrase, which genes the dual
+    must inpaint), so the same example always yields the same prompts and split.
+    """
+
+    id: str
+    task: str
+    input: dict[str, Any]
+    target: Answer
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol
+# --------------------------------------------------------------------------------------------
+
+
+class Task(ABC):
+    """A primal task together with its complementary dual (Definition 3.1).
+
+    Subclasses set ``name``, ``kind`` and implement the abstract methods. Parsers and
+    :meth:`distance` must never raise on model output: malformed text parses to ``None``.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[TaskKind]
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: TaskContext | None = None, **options: Any) -> None:
+        self.context = context or TaskContext()
+        self.options = {**self.context.options, **options}
+
+    # ---- data -------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def context_from(cls, cells: CellSentenceDataset, indices: Sequence[int], **options: Any) -> TaskContext:
+        """Derive the task context (label set, vocabularies) from the training cells.
+
+        Raise :class:`CellDualityError` naming the missing column when the data cannot serve
+        this task (e.g. ``perturbation`` on data without a perturbation column).
+        """
+
+    @abstractmethod
+    def make_examples(self, cells: CellSentenceDataset, indices: Sequence[int], seed: int) -> list[Example]:
+        """Turn the cells at ``indices`` into primal examples (deterministic given ``seed``)."""
+
+    # ---- duality ----------------------------------------------------------------------------
+    @abstractmethod
+    def split(self, example: Example) -> tuple[Known, Unknown]:
+        """Split the primal input into ``(x_k, x_u)``; deterministic given ``example.seed``."""
+
+    @abstractmethod
+    def primal_prompt(self, example: Example) -> str:
+        """The primal prompt for ``example`` (paraphrase chosen by ``example.seed``)."""
+
+    @abstractmethod
+    def render_answer(self, answer: Answer) -> str:
+        """Canonical text of a primal answer (what goes inside ``<answer>``)."""
+
+    @abstractmethod
+    def parse_primal(self, text: str) -> Answer | None:
+        """Parse a primal response; ``None`` when malformed. Never raises."""
+
+    @abstractmethod
+    def dual_prompt(self, answer: Answer, known: Known, seed: int) -> str:
+        """The dual prompt built from a primal answer ``y`` and ``x_k`` -- never from ``x_u``."""
+
+    @abstractmethod
+    def render_unknown(self, unknown: Unknown) -> str:
+        """Canonical text of ``x_u`` (what goes inside ``<answer>`` of a dual response)."""
+
+    @abstractmethod
+    def parse_dual(self, text: str) -> Unknown | None:
+        """Parse a dual response into ``x̂_u``; ``None`` when malformed. Never raises."""
+
+    @abstractmethod
+    def distance(self, truth: Unknown, guess: Unknown | None) -> float:
+        """``d(x_u, x̂_u)`` in ``[0, 1]``; the duality reward is ``1 - distance``. ``None`` -> 1."""
+
+    @abstractmethod
+    def ground_truth_score(self, target: Answer, answer: Answer | None) -> float:
+        """Oracle reward in ``[0, 1]``: label accuracy (classification) or RWJS to the real cell."""
+
+    # ---- helpers shared by every task ------------------------------------------------------
+    def duality_score(self, unknown: Unknown, dual_text: str) -> float:
+        """Reward of one dual response: ``1 - d(x_u, parse_dual(text))``, clipped to [0, 1]."""
+        try:
+            guess = self.parse_dual(dual_text)
+            value = 1.0 - float(self.distance(unknown, guess))
+        except Exception:  # rewards never raise on model output
+            return 0.0
+        if value != value:  # NaN
+            return 0.0
+        return min(1.0, max(0.0, value))
+
+    def reference_response(self, example: Example, reasoning: str = "") -> str:
+        """A well-formed primal response carrying the reference answer (used by SFT data)."""
+        return format_response(reasoning, self.render_answer(example.target))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dataset={self.context.dataset!r}, labels={len(self.context.labels)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available to :func:`get_task` under ``cls.name``."""
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str, context: TaskContext | None = None, **options: Any) -> Task:
+    """Instantiate the task called ``name`` (one of :data:`TASKS`)."""
+    import cellduality.tasks  # noqa: F401  (registers the built-in tasks)
+
+    try:
+        cls = TASKS[name]
+    except KeyError:
+        raise CellDualityError(f"Unknown task '{name}'; choose one of: {', '.join(sorted(TASKS))}.") from None
+    return cls(context, **options)
+
+
+def dumps(value: Any) -> str:
+    """JSON for dataset columns (compact, stable key order)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)

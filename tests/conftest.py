@@ -1,0 +1,36 @@
+"""Shared fixtures: real data from ../shared/data (skipped with a clear reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cellduality.paths import shared_data_dir
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real single-cell data folder; skips the test when it is absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("shared real data not found: set CELLDUALITY_DATA_DIR or place it at ../shared/data")
+    return path
+
+
+def shared_file(data_dir: Path, relative: str) -> Path:
+    path = data_dir / relative
+    if not path.exists():
+        pytest.skip(f"{relative} missing from {data_dir}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc_small():
+    """scanpy's bundled pbmc68k_reduced (700 cells, ships with scanpy, works offline)."""
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
