@@ -1,0 +1,296 @@
+"""Rewards: Rank-Weighted Jaccard Similarity, the duality reward and the ground-truth oracle.
+
+The duality reward is Definition 3.1 of the paper turned into a number: run the primal answer of
+the policy through the complementary dual task (answered by the *same* policy through
+``generate``) and score how well the dual rebuilt ``x_u``. It never reads a label. The
+ground-truth reward is the supervised-RLVR oracle used as a baseline: it reads ``target``.
+
+Both are plain callables (not ``torch.nn.Module``: TRL would take a module for a reward model)
+with TRL's reward signature ``(prompts, completions, **columns) -> list[float]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover  (runtime import would be circular: tasks use rwjs)
+    from cellduality.tasks.base import Task
+
+GenerateFn = Callable[[list[str]], list[str]]
+
+
+def _as_gene_list(genes: str | Iterable[str] | None) -> list[str]:
+    if genes is None:
+        return []
+    if isinstance(genes, str):
+        return genes.split()
+    return [g for g in genes if isinstance(g, str)]
+
+
+def rank_weights(genes: str | Iterable[str] | None, vocabulary: Iterable[str] | None = None) -> dict[str, float]:
+    """``{gene: 1 / log2(1 + rank)}`` over the first occurrence of each gene (rank from 1).
+
+    Genes outside ``vocabulary`` (when given) are dropped *before* ranking, so padding a list with
+    non-genes neither helps nor shifts the ranks of the real genes.
+    """
+    vocab = None if vocabulary is None else set(vocabulary)
+    weights: dict[str, float] = {}
+    for gene in _as_gene_list(genes):
+        if gene in weights or (vocab is not None and gene not in vocab):
+            continue
+        weights[gene] = 1.0 / math.log2(2 + len(weights))  # rank = len(weights) + 1
+    return weights
+
+
+def rwjs(
+    reference: str | Iterable[str] | None,
+    candidate: str | Iterable[str] | None,
+    vocabulary: Iterable[str] | None = None,
+) -> float:
+    """Rank-Weighted Jaccard Similarity between two ranked gene lists, in ``[0, 1]``.
+
+    The paper names this metric but its appendix is missing; this is our definition (DESIGN.md).
+    Each gene ``g`` gets a weight ``w_X(g) = 1 / log2(1 + rank_X(g))`` in list ``X`` (rank from 1;
+    weight 0 when absent; only the first occurrence counts; symbols outside ``vocabulary``, when
+    given, are dropped). Then::
+
+        RWJS(A, B) = sum_g min(w_A(g), w_B(g)) / sum_g max(w_A(g), w_B(g))
+
+    It is 1 for identical lists, 0 for disjoint ones (and when either is empty), symmetric, and a
+    gene displaced from its rank costs more near the top, where the weights change fastest.
+
+    Worked example: ``A = [CD3D, CD3E, IL7R]``, ``B = [CD3E, CD3D, NKG7]``.
+    Weights by rank: 1 -> 1.000, 2 -> 0.631, 3 -> 0.500.
+
+    ====== ===== ===== ===== =====
+    gene    w_A   w_B   min   max
+    ====== ===== ===== ===== =====
+    CD3D   1.000 0.631 0.631 1.000
+    CD3E   0.631 1.000 0.631 1.000
+    IL7R   0.500 0     0     0.500
+    NKG7   0     0.500 0     0.500
+    ====== ===== ===== ===== =====
+
+    RWJS = 1.262 / 3.000 = 0.421 (plain Jaccard would say 2/4 = 0.5; swapping the top two genes
+    and missing the third is penalised by rank).
+
+    >>> round(rwjs(["CD3D", "CD3E", "IL7R"], ["CD3E", "CD3D", "NKG7"]), 3)
+    0.421
+    """
+    w_ref = rank_weights(reference, vocabulary)
+    w_cand = rank_weights(candidate, vocabulary)
+    if not w_ref or not w_cand:
+        return 0.0
+    numerator = 0.0
+    denominator = 0.0
+    for gene in w_ref.keys() | w_cand.keys():
+        a, b = w_ref.get(gene, 0.0), w_cand.get(gene, 0.0)
+        numerator += min(a, b)
+        denominator += max(a, b)
+    return numerator / denominator if denominator > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# TRL reward callables
+# --------------------------------------------------------------------------------------------
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a plain string or a conversational list of messages.
+
+    For a conversation, the assistant messages are joined (TRL passes the generated turn as
+    ``[{"role": "assistant", "content": ...}]``). Anything else becomes ``""``. Never raises.
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        content = completion.get("content")
+        return content if isinstance(content, str) else ""
+    if isinstance(completion, Sequence):
+        parts = []
+        for message in completion:
+            if isinstance(message, Mapping) and message.get("role", "assistant") == "assistant":
+                content = message.get("content")
+                if isinstance(content, str):
+                    parts.append(content)
+        return "\n".join(parts)
+    return ""
+
+
+def _column(kwargs: Mapping[str, Any], name: str, n: int) -> list[Any]:
+    values = kwargs.get(name)
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"column '{name}' has {len(values)} values for {n} completions")
+    return values
+
+
+def _json(value: Any) -> Any:
+    """Dataset columns hold JSON strings (``tasks.base.dumps``); accept decoded values too."""
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _seed(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+class _TaskReward:
+    """Shared plumbing: task lookup, per-call statistics and TRL metric logging."""
+
+    __name__ = "reward"
+
+    def __init__(self, tasks: Mapping[str, Task]) -> None:
+        if not tasks:
+            raise ValueError("a reward needs at least one task")
+        self.tasks = dict(tasks)
+        self.last_stats: dict[str, float] = {}
+
+    def _task_names(self, kwargs: Mapping[str, Any], n: int) -> list[str | None]:
+        names = _column(kwargs, "task", n)
+        if all(name is None for name in names) and len(self.tasks) == 1:
+            return [next(iter(self.tasks))] * n
+        return names
+
+    def _publish(self, stats: dict[str, float], kwargs: Mapping[str, Any]) -> None:
+        self.last_stats = stats
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            for key, value in stats.items():
+                log_metric(f"{self.__name__}/{key}", float(value))
+
+
+def _per_task_means(names: Sequence[str | None], rewards: Sequence[float]) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for name, reward in zip(names, rewards, strict=True):
+        groups[str(name)].append(reward)
+    return {f"{name}/mean": sum(v) / len(v) for name, v in groups.items()}
+
+
+class DualityReward(_TaskReward):
+    """The self-supervised duality reward (paper §3.4.1): no label is ever read.
+
+    For each completion: parse the primal answer ``y`` (malformed -> 0, and no dual is run), build
+    the dual prompt from ``(y, x_k)`` with the task's own template, let the policy answer all dual
+    prompts of the call in **one** ``generate`` batch, and score ``1 - d(x_u, x̂_u)``.
+
+    ``generate`` may be attached after construction (``reward.generate = fn``): the GRPO trainer
+    builds the policy-backed generator only once the trainer exists.
+    Columns read: ``task``, ``known``, ``unknown``, ``seed`` (JSON strings as written by the RL
+    builder). ``last_stats`` holds per-call figures, also sent to TRL's ``log_metric`` when given.
+    """
+
+    __name__ = "duality"
+
+    def __init__(self, tasks: Mapping[str, Task], generate: GenerateFn | None = None) -> None:
+        super().__init__(tasks)
+        self.generate = generate
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        n = len(completions)
+        names = self._task_names(kwargs, n)
+        knowns = _column(kwargs, "known", n)
+        unknowns = _column(kwargs, "unknown", n)
+        seeds = _column(kwargs, "seed", n)
+
+        rewards = [0.0] * n
+        pending: list[tuple[int, Task, Any]] = []  # (row, task, x_u)
+        dual_prompts: list[str] = []
+        malformed = 0
+        for i in range(n):
+            task = self.tasks.get(names[i]) if names[i] is not None else None
+            if task is None:
+                raise ValueError(f"row {i}: task {names[i]!r} is not one of {sorted(self.tasks)}")
+            answer = _safe(task.parse_primal, completion_text(completions[i]))
+            if answer is None:
+                malformed += 1
+                continue
+            known, unknown = _json(knowns[i]), _json(unknowns[i])
+            dual_prompts.append(task.dual_prompt(answer, known or {}, _seed(seeds[i])))
+            pending.append((i, task, unknown))
+
+        generate_seconds = 0.0
+        dual_failures = 0
+        if pending:
+            if self.generate is None:
+                raise RuntimeError("DualityReward.generate is not set; attach the policy's generate function first")
+            start = time.perf_counter()
+            outputs = list(self.generate(dual_prompts))
+            generate_seconds = time.perf_counter() - start
+            if len(outputs) != len(dual_prompts):
+                raise ValueError(f"generate returned {len(outputs)} texts for {len(dual_prompts)} prompts")
+            for (i, task, unknown), output in zip(pending, outputs, strict=True):
+                text = completion_text(output)
+                if _safe(task.parse_dual, text) is None:
+                    dual_failures += 1
+                rewards[i] = task.duality_score(unknown, text)
+
+        stats = {
+            "primal_malformed_rate": malformed / n if n else 0.0,
+            "dual_parse_failure_rate": dual_failures / len(pending) if pending else 0.0,
+            "generate_seconds": generate_seconds,
+            "n_dual": float(len(pending)),
+            **_per_task_means(names, rewards),
+        }
+        self._publish(stats, kwargs)
+        return rewards
+
+
+class GroundTruthReward(_TaskReward):
+    """The supervised-RLVR oracle: label accuracy (classification) or RWJS to the real cell.
+
+    Reads the ``target`` column (``rl_oracle`` rows). A baseline for ablations, never used by the
+    self-supervised method.
+    """
+
+    __name__ = "ground_truth"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        n = len(completions)
+        names = self._task_names(kwargs, n)
+        targets = _column(kwargs, "target", n)
+        rewards = [0.0] * n
+        malformed = 0
+        for i in range(n):
+            task = self.tasks.get(names[i]) if names[i] is not None else None
+            if task is None:
+                raise ValueError(f"row {i}: task {names[i]!r} is not one of {sorted(self.tasks)}")
+            if targets[i] is None:
+                raise ValueError("GroundTruthReward needs the 'target' column (use the rl_oracle dataset)")
+            answer = _safe(task.parse_primal, completion_text(completions[i]))
+            if answer is None:
+                malformed += 1
+                continue
+            rewards[i] = _clip(_safe(task.ground_truth_score, _json(targets[i]), answer))
+        stats = {"primal_malformed_rate": malformed / n if n else 0.0, **_per_task_means(names, rewards)}
+        self._publish(stats, kwargs)
+        return rewards
+
+
+def _safe(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a parser/scorer on model output; any exception means malformed (``None``)."""
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _clip(value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    if value != value:
+        return 0.0
+    return min(1.0, max(0.0, value))

@@ -1,0 +1,190 @@
+"""Classification tasks whose dual is conditional gene inpainting (paper §3.4.1).
+
+A classifier's output is one low-information label, so the dual cannot rebuild the cell from it
+alone. Instead the cell is split: the primal sees the whole cell and names a label; the dual sees
+only the *observed* genes ``c_obs`` (hidden ones masked) plus that label and must name the hidden
+genes ``c_hid``; the reward is ``RWJS(c_hid, ĉ_hid)``. A good label helps inpainting only if the
+hidden genes carry the label's signal, so by default we hide every other gene of ranks 1..2m
+(``/work/shared/data/BASELINES.md``: hiding the top carries the signal, hiding the tail does not).
+
+Annotation and drug sensitivity are both subclasses; a new label-prediction task is one module
+that sets the templates and how labels and extra inputs (e.g. the drug) are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cellduality.errors import CellDualityError
+from cellduality.rewards import rwjs
+from cellduality.tasks.base import Answer, Example, Known, Task, TaskContext, Unknown
+from cellduality.tasks.text import (
+    DEFAULT_MAX_GENES,
+    choose,
+    format_choices,
+    genes_of,
+    normalise_label,
+    parse_genes,
+    parse_label,
+    render_genes,
+    require_column,
+    rng_for,
+    stable_seed,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cellduality.sentences import CellSentenceDataset
+
+MASK = "___"
+HIDE_STRATEGIES = ("interleaved", "random", "tail")
+
+
+class InpaintingTask(Task):
+    """Cell (+ extra inputs) -> label; dual: (c_obs, extras, label) -> c_hid.
+
+    Options: ``max_genes`` (genes of the cell shown, default 32), ``n_hidden`` (m, default 8),
+    ``hide`` (``interleaved``: every other gene of ranks 1..2m with a seeded phase;
+    ``random``: m random genes; ``tail``: the last m), ``label_key`` (obs column).
+    """
+
+    kind: ClassVar = "classification"
+    primal_templates: ClassVar[tuple[str, ...]]
+    dual_templates: ClassVar[tuple[str, ...]]
+    default_label_key: ClassVar[str | None] = None
+    extra_keys: ClassVar[tuple[str, ...]] = ()
+    """Per-example inputs besides the cell (e.g. ``drug``); they are part of ``x_k``."""
+
+    # ---- options -----------------------------------------------------------------------------
+    @property
+    def max_genes(self) -> int:
+        return int(self.options.get("max_genes", DEFAULT_MAX_GENES))
+
+    @property
+    def n_hidden(self) -> int:
+        return int(self.options.get("n_hidden", 8))
+
+    # ---- data --------------------------------------------------------------------------------
+    @classmethod
+    def label_column(cls, cells: CellSentenceDataset, options: dict[str, Any]) -> str:
+        key = options.get("label_key") or cells.meta.get("default_label_key") or cls.default_label_key
+        return require_column(cells.obs, key, cls.name, "--label-key")
+
+    @classmethod
+    def extras_context(cls, cells: CellSentenceDataset, indices: Sequence[int], options: dict[str, Any]) -> dict:
+        """Extra context fields (e.g. the drug vocabulary); none by default."""
+        return {}
+
+    @classmethod
+    def context_from(cls, cells: CellSentenceDataset, indices: Sequence[int], **options: Any) -> TaskContext:
+        if "labels" in options:  # a candidate set given by the user: works on unlabelled data
+            labels = tuple(options.pop("labels"))
+        else:
+            column = cls.label_column(cells, options)
+            options["label_key"] = column
+            labels = tuple(sorted({str(cells.obs[column].iloc[i]) for i in indices} - {"", "nan", "None"}))
+        if len(labels) < 2:
+            raise CellDualityError(f"Task '{cls.name}' needs at least two labels, found {list(labels)}.")
+        extras = cls.extras_context(cells, indices, options)
+        options = {k: v for k, v in options.items() if v is not None}
+        return TaskContext(
+            dataset=str(cells.meta.get("source", "")),
+            labels=labels,
+            genes=frozenset(cells.vocabulary),
+            options=options,
+            **extras,
+        )
+
+    def example_extras(self, cells: CellSentenceDataset, index: int) -> dict[str, str]:
+        return {}
+
+    def make_examples(self, cells: CellSentenceDataset, indices: Sequence[int], seed: int) -> list[Example]:
+        column = self.options.get("label_key")
+        sentences = cells.sentences
+        examples = []
+        for i in indices:
+            genes = genes_of(sentences[i], self.max_genes)
+            if len(genes) < 2:
+                continue
+            cell_id = str(cells.obs.index[i]) if "cell_id" not in cells.obs else str(cells.obs["cell_id"].iloc[i])
+            target = str(cells.obs[column].iloc[i]) if column and column in cells.obs else None
+            examples.append(
+                Example(
+                    id=f"{self.name}:{cell_id}",
+                    task=self.name,
+                    input={"cell": genes, **self.example_extras(cells, i)},
+                    target=target,
+                    seed=stable_seed(seed, self.name, cell_id),
+                    meta={"cell_id": cell_id, "row": int(i)},
+                )
+            )
+        return examples
+
+    # ---- duality -----------------------------------------------------------------------------
+    def hidden_positions(self, n_genes: int, seed: int) -> list[int]:
+        """0-based positions of the genes the dual must inpaint (seeded per example)."""
+        m = max(1, min(self.n_hidden, n_genes // 2))
+        rng = rng_for(seed, "split")
+        hide = self.options.get("hide", "interleaved")
+        if hide == "interleaved":
+            phase = rng.randrange(2)
+            return list(range(phase, n_genes, 2))[:m]
+        if hide == "random":
+            return sorted(rng.sample(range(n_genes), m))
+        if hide == "tail":
+            return list(range(n_genes - m, n_genes))
+        raise CellDualityError(f"Unknown hide strategy '{hide}'; choose one of: {', '.join(HIDE_STRATEGIES)}.")
+
+    def split(self, example: Example) -> tuple[Known, Unknown]:
+        cell = list(example.input["cell"])
+        hidden = set(self.hidden_positions(len(cell), example.seed))
+        known: Known = {
+            "masked": [None if i in hidden else g for i, g in enumerate(cell)],
+            **{k: example.input[k] for k in self.extra_keys},
+        }
+        return known, {"hidden": [cell[i] for i in sorted(hidden)]}
+
+    def _fields(self, known: Known | dict) -> dict[str, str]:
+        return {k: str(known.get(k, "")) for k in self.extra_keys}
+
+    def primal_prompt(self, example: Example) -> str:
+        template = choose(self.primal_templates, example.seed, "primal")
+        return template.format(
+            cell=render_genes(example.input["cell"]),
+            labels=format_choices(self.context.labels),
+            **self._fields(example.input),
+        )
+
+    def render_answer(self, answer: Answer) -> str:
+        return str(answer)
+
+    def parse_primal(self, text: str) -> Answer | None:
+        return parse_label(text, self.context.labels)
+
+    def dual_prompt(self, answer: Answer, known: Known, seed: int) -> str:
+        masked = known.get("masked") or []
+        n_hidden = sum(1 for g in masked if g is None)
+        template = choose(self.dual_templates, seed, "dual")
+        return template.format(
+            label=str(answer),
+            masked=" ".join(MASK if g is None else str(g) for g in masked),
+            n_hidden=n_hidden,
+            **self._fields(known),
+        )
+
+    def render_unknown(self, unknown: Unknown) -> str:
+        return render_genes(unknown["hidden"])
+
+    def parse_dual(self, text: str) -> Unknown | None:
+        genes = parse_genes(text, self.context.genes)
+        return None if genes is None else {"hidden": genes}
+
+    def distance(self, truth: Unknown, guess: Unknown | None) -> float:
+        if not guess or not isinstance(guess, dict):
+            return 1.0
+        return 1.0 - rwjs(truth.get("hidden"), guess.get("hidden"))
+
+    def ground_truth_score(self, target: Answer, answer: Answer | None) -> float:
+        if answer is None or target is None:
+            return 0.0
+        return float(normalise_label(str(answer)) == normalise_label(str(target)))
