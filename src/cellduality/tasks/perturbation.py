@@ -169,7 +169,7 @@ class PerturbationTask(Task):
     ``perturbation_kind`` (kind of bare names, default from a ``perturbation_type`` column or
     ``knockout``), ``perturbation_map`` (value -> canonical text), ``include_control``
     (control -> control examples, default true, so the dual must tell perturbed from not),
-    ``max_genes``.
+    ``mask_targets`` (hide candidate target genes from the dual, default true), ``max_genes``.
     """
 
     name: ClassVar[str] = "perturbation"
@@ -300,11 +300,28 @@ class PerturbationTask(Task):
     def parse_primal(self, text: str) -> Answer | None:
         return parse_genes(text, self.context.genes)
 
+    @property
+    def masked_targets(self) -> frozenset[str]:
+        """Genes that name a candidate perturbation (``STAT1`` of ``knockout of STAT1``)."""
+        if not self.options.get("mask_targets", True):
+            return frozenset()
+        parsed = (Perturbation.parse(c) for c in self.context.perturbations)
+        return frozenset(p.target for p in parsed if p is not None and p.kind in GENE_KINDS)
+
     def dual_prompt(self, answer: Answer, known: Known, seed: int) -> str:
+        """Both cells are shown without the candidates' target genes (option ``mask_targets``).
+
+        Otherwise a policy could "write the answer as a gene": put ``STAT1`` in its sentence so
+        the dual reads off ``knockout of STAT1``. Masking every candidate's target, in both
+        cells, closes that channel without favouring any candidate.
+        """
+        masked = self.masked_targets
         template = choose(self.dual_templates, seed, "dual")
+        control = [g for g in known.get("control") or [] if g not in masked]
+        perturbed = [g for g in answer if g not in masked]
         return template.format(
-            control=render_genes(genes_of(known.get("control") or [], self.max_genes)),
-            perturbed=render_genes(genes_of(answer, self.max_genes)),
+            control=render_genes(genes_of(control, self.max_genes)),
+            perturbed=render_genes(genes_of(perturbed, self.max_genes)),
             perturbations=format_choices(self.context.perturbations),
         )
 
