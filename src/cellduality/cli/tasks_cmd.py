@@ -1,9 +1,89 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality tasks``: build primal / dual / RL datasets from cell sentences, list the tasks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from cellduality.errors import CellDualityError
+
+tasks_app = typer.Typer(help="The four reasoning tasks as primal/dual pairs: build their datasets.",
+                        no_args_is_help=True)
+
+
+def _parse_pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise CellDualityError(f"{what} '{value}' is not of the form name=value.")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+def _parse_weights(values: list[str]) -> dict[str, float]:
+    weights = {}
+    for name, value in _parse_pairs(values, "--weight").items():
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise CellDualityError(f"--weight {name}={value}: the weight must be a number.") from None
+        if weights[name] < 0:
+            raise CellDualityError(f"--weight {name}={value}: the weight must not be negative.")
+    return weights
+
+
+@tasks_app.command("build")
+def build(
+    sentences_dir: Path = typer.Argument(..., help="Folder written by `cellduality sentences`."),
+    out_dir: Path = typer.Argument(..., help="Where to write primal/, dual/, rl/, rl_oracle/ and tasks.json."),
+    task: list[str] = typer.Option(..., "--task", "-t", help="annotation, generation, sensitivity, perturbation."),
+    label_key: str | None = typer.Option(None, help="Label column (default: the one `cellduality sentences` recorded)."),
+    weight: list[str] = typer.Option([], help="Mixture weight of a task in the train split, e.g. annotation=2."),
+    seed: int = typer.Option(0, help="Seed for prompts, hidden genes, control pairing and mixing."),
+    max_genes: int | None = typer.Option(None, min=2, help="Genes of a cell shown in prompts (default 32)."),
+    max_examples: int | None = typer.Option(None, min=1, help="At most this many cells per task and split."),
+    option: list[str] = typer.Option([], help="Task option task.key=value, e.g. perturbation.group_key=cell_type."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it exists."),
+) -> None:
+    """Write the primal, dual, RL (no labels) and oracle-RL datasets for the chosen tasks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cellduality.tasks.builders import build_task_datasets
+
+    if not sentences_dir.is_dir():
+        raise CellDualityError(f"{sentences_dir} is not a folder; pass the output of `cellduality sentences`.")
+    task_options: dict[str, dict[str, str]] = {}
+    for dotted, value in _parse_pairs(option, "--option").items():
+        name, sep, key = dotted.partition(".")
+        if not sep:
+            raise CellDualityError(f"--option {dotted}={value}: write it as task.key=value.")
+        task_options.setdefault(name, {})[key] = value
+    manifest = build_task_datasets(
+        sentences_dir, task, out_dir, label_key=label_key, weights=_parse_weights(weight), seed=seed,
+        max_genes=max_genes, max_examples=max_examples, task_options=task_options, overwrite=overwrite,
+    )
+    table = Table(title=f"Task datasets in {out_dir}")
+    table.add_column("task")
+    for split in manifest["counts"]:
+        table.add_column(split, justify="right")
+    for name in manifest["tasks"]:
+        table.add_row(name, *(str(manifest["counts"][s].get(name, 0)) for s in manifest["counts"]))
+    Console().print(table)
+
+
+@tasks_app.command("list")
+def list_tasks() -> None:
+    """List the registered tasks and what each one maps to what."""
+    from cellduality.tasks.base import TASKS, get_task
+
+    get_task("annotation")  # imports and registers the built-in tasks
+    for name, cls in sorted(TASKS.items()):
+        typer.echo(f"{name:14s} {cls.kind:15s} {cls.description}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``cellduality tasks ...`` to ``app``."""
+    app.add_typer(tasks_app, name="tasks")
