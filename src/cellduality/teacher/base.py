@@ -28,7 +28,8 @@ class TeacherRequest:
     """One prompt to answer ``n`` times.
 
     ``key`` identifies the row (``split/direction/id``) for logs and failure records;
-    ``reference`` is the canonical answer text and is only set for dual rows.
+    ``reference`` (the canonical dual answer ``x_u``) and ``target`` (the reference primal output
+    ``y*`` the dual prompt is built from) are only set for dual rows.
     """
 
     key: str
@@ -38,6 +39,7 @@ class TeacherRequest:
     known: dict[str, Any] = field(default_factory=dict)
     unknown: dict[str, Any] = field(default_factory=dict)
     reference: str | None = None
+    target: Any = None
     seed: int = 0
 
 

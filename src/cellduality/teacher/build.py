@@ -1,0 +1,339 @@
+"""``TASKS_DIR`` -> chain-of-thought SFT folder: teacher, filtering, dual rows, report (paper §3.3.1).
+
+Resumable by construction. Work happens in ``.<OUT>.teach-partial`` beside the output: every
+finished batch of prompts is appended to ``progress.jsonl`` (flushed and fsynced), keyed by
+``split/direction/id``, so a re-run after ``kill -9`` skips what is done and re-does only the
+batch in flight -- whose API responses the teacher's cache already holds. The last, possibly torn,
+line is dropped on resume. The SFT ``DatasetDict`` is written to a temporary folder and renamed
+into place, then the work folder is removed: ``OUT_DIR`` is either absent or complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellduality.errors import CellDualityError
+from cellduality.tasks.base import Task, loads
+from cellduality.tasks.text import stable_seed
+from cellduality.teacher.base import Teacher, TeacherRequest
+from cellduality.teacher.config import TeachConfig
+from cellduality.teacher.filtering import Verdict, judge_dual, judge_primal, select
+
+COPIED_FILES = ("tasks.json", "inverse.json", "vocabulary.json")
+SFT_COLUMNS = ("prompt", "completion", "task", "direction", "id")
+REPORT_FILE = "teach_report.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Progress log
+# --------------------------------------------------------------------------------------------
+
+
+class ProgressLog:
+    """Append-only JSONL of finished prompts; the last record of a key wins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # torn last line from a kill: drop it
+                data = data[: data.rfind(b"\n") + 1]
+                with open(path, "r+b") as fh:
+                    fh.truncate(len(data))
+            for line in data.decode("utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                self.records[record["key"]] = record
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+        if not lines:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for line in lines:
+            record = json.loads(line)
+            self.records[record["key"]] = record
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher factory
+# --------------------------------------------------------------------------------------------
+
+
+def make_teacher(config: TeachConfig, tasks: Mapping[str, Task], train_rows: Iterable[Mapping[str, Any]]) -> Teacher:
+    """The configured teacher; the offline one is fitted on the primal *training* rows."""
+    if config.teacher == "offline":
+        from cellduality.teacher.offline import OfflineTeacher
+
+        return OfflineTeacher(tasks, temperature=config.effective_temperature, seed=config.seed,
+                              noise=config.noise).fit(train_rows)
+    from cellduality.paths import cache_dir
+    from cellduality.teacher.openai_teacher import OpenAITeacher
+
+    return OpenAITeacher(
+        config.model,
+        config.base_url,
+        temperature=config.effective_temperature,
+        max_tokens=config.max_tokens,
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        backoff=config.backoff,
+        api_key_env=config.api_key_env,
+        cache_path=config.cache_path or cache_dir() / "teacher" / "responses.sqlite",
+        price_prompt_per_million=config.price_prompt_per_million,
+        price_completion_per_million=config.price_completion_per_million,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rows -> requests -> records
+# --------------------------------------------------------------------------------------------
+
+
+def choose_rows(rows: Sequence[Mapping[str, Any]], limit: int | None, seed: int, split: str) -> list[Mapping[str, Any]]:
+    """Unique ids (a weighted mixture may repeat rows), at most ``limit`` per task (seeded sample)."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    seen: set[str] = set()
+    for row in rows:
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            by_task.setdefault(row["task"], []).append(row)
+    chosen: list[Mapping[str, Any]] = []
+    for task, task_rows in by_task.items():
+        if limit is not None and len(task_rows) > limit:
+            picked = set(random.Random(stable_seed(seed, split, task)).sample(range(len(task_rows)), limit))
+            task_rows = [r for i, r in enumerate(task_rows) if i in picked]
+        chosen.extend(task_rows)
+    return chosen
+
+
+def _request(split: str, direction: str, row: Mapping[str, Any]) -> TeacherRequest:
+    dual = direction == "dual"
+    return TeacherRequest(
+        key=f"{split}/{direction}/{row['id']}",
+        task=row["task"],
+        direction=direction,  # type: ignore[arg-type]
+        prompt=row["prompt"],
+        known=loads(row["known"]),
+        unknown=loads(row["unknown"]),
+        reference=row["answer"] if dual else None,  # primal answers are never shown to the teacher
+        target=loads(row["target"]) if dual else None,
+        seed=int(row["seed"]),
+    )
+
+
+def _record(request: TeacherRequest, row: Mapping[str, Any], texts: list[str], error: str | None,
+            verdicts: list[Verdict], kept: list[Verdict], split: str) -> dict[str, Any]:
+    return {
+        "key": request.key,
+        "split": split,
+        "direction": request.direction,
+        "task": request.task,
+        "id": row["id"],
+        "prompt": row["prompt"],
+        "candidates": len(texts),
+        "accepted": sum(v.accepted for v in verdicts),
+        "scores": [round(v.score, 4) for v in verdicts],
+        "reasons": dict(Counter(v.reason for v in verdicts)),
+        "completions": [v.completion for v in kept],
+        "error": error,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The build
+# --------------------------------------------------------------------------------------------
+
+
+def build_sft(
+    tasks_dir: str | Path,
+    out_dir: str | Path,
+    config: TeachConfig | None = None,
+    *,
+    teacher: Teacher | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run teacher + filtering over ``TASKS_DIR`` and write the SFT folder ``OUT_DIR``; return the report.
+
+    ``on_progress(stage, done, total)`` is called after every batch (the CLI draws a bar with it).
+    """
+    from cellduality.tasks.builders import load_task_datasets, load_tasks
+
+    config = config or TeachConfig()
+    tasks_dir, out = Path(tasks_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CellDualityError(f"{out} already exists and is not empty; choose a new folder or pass --overwrite.")
+    tasks = load_tasks(tasks_dir)
+    primal = load_task_datasets(tasks_dir, "primal")
+    dual = load_task_datasets(tasks_dir, "dual") if config.include_dual else None
+    splits = [s for s in ("train", "test") if s in primal and len(primal[s]) > 0]
+    if "train" not in splits:
+        raise CellDualityError(f"{tasks_dir}/primal has no training rows; rebuild it with `cellduality tasks build`.")
+
+    work = out.parent / f".{out.name}.teach-partial"
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = teacher or make_teacher(config, tasks, primal["train"])
+    identity = {"tasks_dir": str(tasks_dir.resolve()), "teacher": teacher.describe(),
+                "config": config.model_dump(exclude={"concurrency", "batch_size", "timeout", "max_retries", "backoff",
+                                                     "cache_path", "price_prompt_per_million",
+                                                     "price_completion_per_million"})}
+    _check_identity(work / "run.json", identity)
+    progress = ProgressLog(work / "progress.jsonl")
+
+    limits = {"train": config.max_examples,
+              "test": config.max_test_examples if config.max_test_examples is not None else config.max_examples}
+    primal_rows = {s: choose_rows(primal[s], limits[s], config.seed, s) for s in splits}
+    for split in splits:
+        _run_stage(teacher, tasks, config, progress, split, "primal", primal_rows[split], on_progress)
+    if dual is not None:
+        for split in splits:
+            keep_ids = {r["id"] for r in progress.records.values()
+                        if r["split"] == split and r["direction"] == "primal" and r["completions"]}
+            rows = [r for r in choose_rows(dual[split], None, config.seed, split) if r["id"] in keep_ids] \
+                if split in dual else []
+            _run_stage(teacher, tasks, config, progress, split, "dual", rows, on_progress)
+
+    report = _report(progress, splits, teacher, config)
+    _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite)
+    return report
+
+
+def _check_identity(path: Path, identity: dict[str, Any]) -> None:
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(identity)):
+            raise CellDualityError(
+                f"An interrupted run with different settings is in {path.parent}; re-run it with the same "
+                "options to resume, or delete that folder to start over."
+            )
+    else:
+        path.write_text(json.dumps(identity, indent=1))
+
+
+def _run_stage(teacher: Teacher, tasks: Mapping[str, Task], config: TeachConfig, progress: ProgressLog, split: str,
+               direction: str, rows: Sequence[Mapping[str, Any]],
+               on_progress: Callable[[str, int, int], None] | None) -> None:
+    stage = f"{split} {direction}"
+    pending = [r for r in rows if f"{split}/{direction}/{r['id']}" not in progress.records]
+    done, total = len(rows) - len(pending), len(rows)
+    if on_progress:
+        on_progress(stage, done, total)
+    for start in range(0, len(pending), config.batch_size):
+        batch = pending[start : start + config.batch_size]
+        requests = [_request(split, direction, row) for row in batch]
+        generations = teacher.generate(requests, config.n)
+        records = []
+        for request, row, gen in zip(requests, batch, generations, strict=True):
+            task = tasks[request.task]
+            if direction == "primal":
+                target = loads(row["target"])
+                verdicts = [judge_primal(task, target, t, config.threshold_for(task.name)) for t in gen.texts]
+            else:
+                verdicts = [judge_dual(task, request.unknown, row["answer"], t, config.dual_threshold)
+                            for t in gen.texts]
+            kept = select(verdicts, config.keep_per_prompt)
+            records.append(_record(request, row, gen.texts, gen.error, verdicts, kept, split))
+        progress.append(records)
+        done += len(batch)
+        if on_progress:
+            on_progress(stage, done, total)
+
+
+def _report(progress: ProgressLog, splits: Sequence[str], teacher: Teacher, config: TeachConfig) -> dict[str, Any]:
+    """Acceptance per split, task and direction: candidates, accepted, prompts kept, failures."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for rec in progress.records.values():
+        g = groups.setdefault((rec["split"], rec["task"], rec["direction"]), {
+            "prompts": 0, "candidates": 0, "accepted": 0, "prompts_kept": 0, "rows": 0, "failures": 0,
+            "score_sum": 0.0, "reasons": Counter()})
+        g["prompts"] += 1
+        g["candidates"] += rec["candidates"]
+        g["accepted"] += rec["accepted"]
+        g["prompts_kept"] += bool(rec["completions"])
+        g["rows"] += len(rec["completions"])
+        g["failures"] += rec["error"] is not None and rec["candidates"] == 0
+        g["score_sum"] += sum(rec["scores"])
+        g["reasons"].update(rec["reasons"])
+    table = []
+    for (split, task, direction), g in sorted(groups.items(), key=lambda kv: (splits.index(kv[0][0]), kv[0][1], kv[0][2] != "primal")):
+        table.append({
+            "split": split, "task": task, "direction": direction,
+            "prompts": g["prompts"], "candidates": g["candidates"], "accepted": g["accepted"],
+            "acceptance_rate": round(g["accepted"] / g["candidates"], 4) if g["candidates"] else 0.0,
+            "prompts_kept": g["prompts_kept"],
+            "prompt_yield": round(g["prompts_kept"] / g["prompts"], 4) if g["prompts"] else 0.0,
+            "mean_score": round(g["score_sum"] / g["candidates"], 4) if g["candidates"] else 0.0,
+            "sft_rows": g["rows"], "failures": g["failures"], "reasons": dict(g["reasons"]),
+        })
+    failures = [rec["error"] for rec in progress.records.values() if rec["error"]]
+    return {
+        "teacher": teacher.describe(),
+        "usage": teacher.usage.to_dict(),
+        "n": config.n,
+        "threshold": config.threshold,
+        "task_thresholds": config.task_thresholds,
+        "dual_threshold": config.dual_threshold,
+        "acceptance": table,
+        "failure_examples": failures[:20],
+    }
+
+
+def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
+                  primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
+                  overwrite: bool) -> None:
+    from datasets import Dataset, DatasetDict, Features, Value
+
+    features = Features({c: Value("string") for c in SFT_COLUMNS})
+    data = {}
+    for split in splits:
+        order = [r["id"] for r in primal_rows[split]]
+        rows = []
+        for direction in ("primal", "dual"):
+            for row_id in order:
+                rec = progress.records.get(f"{split}/{direction}/{row_id}")
+                for completion in (rec or {}).get("completions") or []:
+                    rows.append({"prompt": rec["prompt"], "completion": completion, "task": rec["task"],
+                                 "direction": direction, "id": row_id})
+        if split == "train" and not rows:
+            raise CellDualityError(
+                "The teacher produced no accepted training rows; lower --threshold, raise --n or check the teacher."
+            )
+        data[split] = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
+            {c: [] for c in SFT_COLUMNS}, features=features)
+    tmp = work / "output.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per shard is noise next to ours
+    try:
+        DatasetDict(data).save_to_disk(str(tmp))
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    for name in COPIED_FILES:
+        if (tasks_dir / name).is_file():
+            shutil.copy2(tasks_dir / name, tmp / name)
+    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise CellDualityError(f"{out} appeared while teaching; choose a new folder or pass --overwrite.")
+        shutil.rmtree(out)
+    tmp.rename(out)
+    shutil.rmtree(work, ignore_errors=True)

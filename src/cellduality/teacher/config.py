@@ -1,0 +1,49 @@
+"""Settings of ``cellduality teach`` (validated YAML; CLI flags override file values)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cellduality.config import StrictModel
+
+DEFAULT_TEMPERATURE = {"offline": 0.5, "openai": 0.8}
+
+
+class TeachConfig(StrictModel):
+    """Every knob of the teacher and of filtering. Unknown keys are errors."""
+
+    teacher: Literal["offline", "openai"] = "offline"
+    n: int = Field(4, ge=1, le=64, description="candidates per prompt")
+    temperature: float | None = Field(None, ge=0, le=2, description="default: 0.5 offline, 0.8 openai")
+    threshold: float = Field(0.4, ge=0, le=1, description="RWJS a generated cell needs (generative tasks)")
+    task_thresholds: dict[str, float] = Field(default_factory=dict, description="per-task RWJS thresholds")
+    dual_threshold: float = Field(0.9, ge=0, le=1, description="1 - distance a dual trace's answer needs")
+    keep_per_prompt: int = Field(1, ge=1, description="accepted candidates kept per prompt (best first)")
+    include_dual: bool = True
+    max_examples: int | None = Field(None, ge=1, description="primal prompts per task and split")
+    max_test_examples: int | None = Field(None, ge=0, description="per task in the test split (default: max_examples)")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1, description="prompts per teacher call and per progress checkpoint")
+    # offline teacher
+    noise: float = Field(0.05, ge=0, description="offline: scale of the ranking noise in generated cells")
+    # OpenAI-compatible teacher
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff: float = Field(1.0, ge=0)
+    max_tokens: int = Field(512, ge=16)
+    price_prompt_per_million: float = Field(0.0, ge=0)
+    price_completion_per_million: float = Field(0.0, ge=0)
+    cache_path: str | None = Field(None, description="default: <cache dir>/teacher/responses.sqlite")
+
+    @property
+    def effective_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE[self.teacher] if self.temperature is None else self.temperature
+
+    def threshold_for(self, task: str) -> float:
+        return float(self.task_thresholds.get(task, self.threshold))
