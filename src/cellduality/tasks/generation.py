@@ -25,6 +25,9 @@ from cellduality.tasks.text import (
     require_column,
     stable_seed,
 )
+from cellduality.tasks.text import (
+    cell_id as cell_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
@@ -80,7 +83,7 @@ class GenerationTask(Task):
             genes = genes_of(cells.sentences[i], self.max_genes)
             if label not in self.context.labels or not genes:
                 continue
-            cell_id = str(cells.obs.index[i])
+            cell_id = cell_of(cells, i)
             examples.append(
                 Example(
                     id=f"{self.name}:{cell_id}",

@@ -32,6 +32,9 @@ from cellduality.tasks.text import (
     rng_for,
     stable_seed,
 )
+from cellduality.tasks.text import (
+    cell_id as cell_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
@@ -106,7 +109,7 @@ class InpaintingTask(Task):
             genes = genes_of(sentences[i], self.max_genes)
             if len(genes) < 2:
                 continue
-            cell_id = str(cells.obs.index[i]) if "cell_id" not in cells.obs else str(cells.obs["cell_id"].iloc[i])
+            cell_id = cell_of(cells, i)
             target = str(cells.obs[column].iloc[i]) if column and column in cells.obs else None
             examples.append(
                 Example(

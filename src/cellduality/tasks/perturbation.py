@@ -39,6 +39,9 @@ from cellduality.tasks.text import (
     rng_for,
     stable_seed,
 )
+from cellduality.tasks.text import (
+    cell_id as cell_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
@@ -259,7 +262,7 @@ class PerturbationTask(Task):
                 continue
             if pert.kind == "control" and not include_control:
                 continue
-            cell_id = str(cells.obs.index[i])
+            cell_id = cell_of(cells, i)
             ex_seed = stable_seed(seed, self.name, cell_id)
             pool = [c for c in controls.get(groups[i], []) if c != i]
             matched = bool(pool)
@@ -278,7 +281,7 @@ class PerturbationTask(Task):
                     },
                     target=genes_of(cells.sentences[i], self.max_genes),
                     seed=ex_seed,
-                    meta={"cell_id": cell_id, "row": int(i), "control_id": str(cells.obs.index[control]),
+                    meta={"cell_id": cell_id, "row": int(i), "control_id": cell_of(cells, control),
                           "group": groups[i], "group_matched": matched},
                 )
             )

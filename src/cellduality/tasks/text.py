@@ -103,6 +103,12 @@ def parse_label(text: Any, labels: Sequence[str]) -> str | None:
     return None
 
 
+def cell_id(cells: Any, index: int) -> str:
+    """A cell's id: the ``cell_id`` column of the sentences when present, else the obs index."""
+    obs = cells.obs
+    return str(obs["cell_id"].iloc[index]) if "cell_id" in obs.columns else str(obs.index[index])
+
+
 def require_column(obs: Any, column: str | None, task: str, option: str) -> str:
     """Fail with one line when the sentence data lacks the column ``task`` needs."""
     if not column:
