@@ -121,7 +121,7 @@ def choose_rows(rows: Sequence[Mapping[str, Any]], limit: int | None, seed: int,
     return chosen
 
 
-def _request(split: str, direction: str, row: Mapping[str, Any]) -> TeacherRequest:
+def request_for_row(split: str, direction: str, row: Mapping[str, Any]) -> TeacherRequest:
     dual = direction == "dual"
     return TeacherRequest(
         key=f"{split}/{direction}/{row['id']}",
@@ -235,7 +235,7 @@ def _run_stage(teacher: Teacher, tasks: Mapping[str, Task], config: TeachConfig,
         on_progress(stage, done, total)
     for start in range(0, len(pending), config.batch_size):
         batch = pending[start : start + config.batch_size]
-        requests = [_request(split, direction, row) for row in batch]
+        requests = [request_for_row(split, direction, row) for row in batch]
         generations = teacher.generate(requests, config.n)
         records = []
         for request, row, gen in zip(requests, batch, generations, strict=True):
