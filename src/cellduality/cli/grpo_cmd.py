@@ -1,9 +1,51 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality grpo``: Stage 2, GRPO with the duality reward (or the ground-truth oracle)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+
+    @app.command("grpo")
+    def grpo(
+        rl_dir: Path = typer.Argument(..., help="Tasks folder from `cellduality tasks build` (rl/ or rl_oracle/ "
+                                                "inside it is picked by --reward)."),
+        out_dir: Path = typer.Argument(..., help="Output folder: final model, metrics.json, curves, checkpoints."),
+        sft_model: Path | None = typer.Option(None, "--sft-model", help="The Stage-1 model folder (`cellduality sft`)."),
+        reward: str | None = typer.Option(None, help="duality (self-supervised, default) or ground-truth (oracle)."),
+        max_steps: int | None = typer.Option(None, min=1, help="Optimiser steps (overrides the config)."),
+        config: Path | None = typer.Option(None, help="YAML of GRPO settings, e.g. configs/grpo.yaml."),
+        resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
+        dry_run: bool = typer.Option(False, help="Resolve config, data and model folder, then stop (no training)."),
+    ) -> None:
+        """Train the SFT model with GRPO on unlabeled prompts, rewarded by task duality (paper §3.4)."""
+        from rich.console import Console
+
+        from cellduality.config import load_config
+        from cellduality.errors import ConfigError
+        from cellduality.training.grpo import GRPOSettings, run_grpo
+        from cellduality.training.grpo import dry_run as do_dry_run
+
+        console = Console()
+        settings = load_config(GRPOSettings, config, reward=reward, max_steps=max_steps)
+        if dry_run:
+            summary = do_dry_run(rl_dir, out_dir, sft_model, settings)
+            console.print_json(json.dumps(summary, default=str))
+            return
+        if sft_model is None:
+            raise ConfigError("Missing --sft-model; pass the folder written by `cellduality sft`.")
+        console.print(f"[bold]GRPO[/] ({settings.reward} reward) from {sft_model} -> {out_dir}")
+        metrics = run_grpo(rl_dir, out_dir, sft_model, settings, resume=resume)
+        history = metrics["history"]
+        first, last = (history[0]["reward"], history[-1]["reward"]) if history else (float("nan"),) * 2
+        timing = metrics["timing"]
+        console.print(
+            f"[green]Done[/]: {metrics['global_step']} steps, reward {first:.3f} -> {last:.3f}, "
+            f"{timing['seconds_per_step']:.2f} s/step, reward share {metrics['reward_time_fraction']:.1%}; "
+            f"model and metrics.json in {out_dir}"
+        )

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cellduality.config import StrictModel
 from cellduality.errors import CellDualityError, ConfigError
+from cellduality.training.common import CHECKPOINTS
 from cellduality.training.grpo_metrics import (
     STEPS_FILE,
     StepClock,
@@ -38,7 +39,6 @@ RewardMode = Literal["duality", "ground-truth"]
 GROUND_TRUTH_COLUMNS = ("target", "answer")
 STAGES = {"duality": "grpo-duality", "ground-truth": "grpo-oracle"}
 FOLDERS = {"duality": "rl", "ground-truth": "rl_oracle"}
-CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "reward_curves.png"
 REPORT_BACKENDS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
@@ -233,19 +233,23 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | Path, *, n_proce
             f"prompts_per_step x num_generations = {per_step} completions cannot be split over {n} processes "
             f"x {per_device} per device; make it a multiple of {n} x per_device_train_batch_size."
         )
+    from cellduality.training.common import device_args
+
     cuda = torch.cuda.is_available()
     if target == "auto":
         target = "gpu" if cuda else "cpu"
-    if target == "cpu":
-        device_args = _cpu_args()
+    if target == "gpu" and not cuda:
+        hardware = device_args(use_cpu=True, bf16=True, fp16=False, dataloader_pin_memory=True)
     else:
-        device_args = {"bf16": True if settings.bf16 is None else settings.bf16,
-                       "gradient_checkpointing": settings.gradient_checkpointing}
-        if not cuda:
-            device_args["use_cpu"] = True
+        hardware = device_args()
+    hardware["report_to"] = settings.report_to
+    if target == "gpu":
+        hardware["gradient_checkpointing"] = settings.gradient_checkpointing
+        if settings.bf16 is not None:
+            hardware.update(bf16=settings.bf16, fp16=cuda and not settings.bf16 and hardware["fp16"])
     return GRPOConfig(
         output_dir=str(output_dir),
-        **device_args,
+        **hardware,
         num_generations=settings.num_generations,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=per_step // (per_device * n),
@@ -273,19 +277,12 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | Path, *, n_proce
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=settings.vllm_tensor_parallel_size,
         logging_steps=settings.logging_steps,
-        save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
-        report_to=settings.report_to,
         log_completions=settings.log_completions,
-        disable_tqdm=True,  # our own rich progress bar
         remove_unused_columns=False,  # the reward needs task/known/unknown/seed (and target)
         shuffle_dataset=True,
     )
-
-
-def _cpu_args() -> dict[str, Any]:
-    return {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
 def _check_backends(report_to: list[str]) -> None:
@@ -409,12 +406,6 @@ def _trainer_class() -> type:
     return CellDualityGRPOTrainer
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return Path(found) if folder.is_dir() and (found := get_last_checkpoint(str(folder))) else None
-
-
 def run_grpo(
     rl_dir: str | Path,
     out_dir: str | Path,
@@ -435,6 +426,13 @@ def run_grpo(
 
     from cellduality.models import format_prompt, load_model, save_cellduality_model
     from cellduality.rewards import DualityReward, GroundTruthReward
+    from cellduality.training.common import (
+        plot_loss_curve,
+        prepare_output_dir,
+        resumed_steps,
+        save_log_history,
+        use_rich_progress,
+    )
 
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS
@@ -443,8 +441,7 @@ def run_grpo(
         if resume:
             return json.loads(metrics_path.read_text())
         raise CellDualityError(f"{out} already holds a finished GRPO run; choose a new OUT_DIR.")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        raise CellDualityError(f"{out} holds an unfinished run; pass --resume to continue it or choose a new OUT_DIR.")
+    last = prepare_output_dir(out, resume, "cellduality grpo")
     if settings.use_vllm and not torch.cuda.is_available():
         raise ConfigError("use_vllm needs a GPU (vLLM does not run on CPU); set use_vllm: false here.")
     _check_backends(settings.report_to)
@@ -467,14 +464,14 @@ def run_grpo(
         callbacks=[step_callback, *(callbacks or [])],
     )
     trainer.clock = clock
+    use_rich_progress(trainer)
     if isinstance(reward, DualityReward):
         # The live policy answers the dual task: attached now that the trainer (and its wrapped,
         # possibly vLLM-served, policy) exists.
         reward.generate = policy_generate_fn(trainer, tokenizer, max_new_tokens=settings.dual_max_new_tokens,
                                              temperature=settings.dual_temperature, format_prompt=format_prompt)
-    last = _last_checkpoint(checkpoints) if resume else None
     if last is not None:
-        step_callback.resume_from(int(last.name.rsplit("-", 1)[-1]))
+        step_callback.resume_from(resumed_steps(last))
     trainer.train(resume_from_checkpoint=str(last) if last else None)
 
     stage = STAGES[settings.reward]
@@ -484,6 +481,8 @@ def run_grpo(
                                   out / CURVES_FILE, window=settings.moving_average_window,
                                   title=f"GRPO ({settings.reward} reward)")
         metrics["curves"] = plot.name if plot else None
+        save_log_history(trainer.state.log_history, out)
+        plot_loss_curve(trainer.state.log_history, out / "kl_loss.png", keys=("loss", "kl"), title="GRPO loss and KL")
     trainer.accelerator.wait_for_everyone()
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.accelerator.is_main_process:
