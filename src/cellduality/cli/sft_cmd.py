@@ -1,9 +1,44 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality sft``: supervised fine-tuning on teacher traces (heavy imports stay inside)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``sft`` command to ``app``."""
+
+    @app.command("sft")
+    def sft(
+        sft_dir: Path = typer.Argument(..., help="SFT data folder written by `cellduality teach`."),
+        out_dir: Path = typer.Argument(..., help="Output folder: the final model lands here (HF format)."),
+        model: str = typer.Option(None, "--model", help="Preset (tiny, mini, small, base, ...) or a local HF model folder."),
+        lora: bool = typer.Option(None, "--lora/--full", help="Train LoRA adapters (merged at the end) or all weights."),
+        max_steps: int = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
+        epochs: float = typer.Option(None, "--epochs", help="Passes over the training rows."),
+        config: Path = typer.Option(None, "--config", help="YAML file with SFT settings (see configs/sft.yaml)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT_DIR."),
+    ) -> None:
+        """Fine-tune a model on chain-of-thought SFT data (loss on completions only)."""
+        from rich.console import Console
+
+        from cellduality.config import load_config, validate_config
+        from cellduality.training.sft import SFTSettings, run_sft
+
+        # load_config's own first parameter is called `model`, so command-line overrides are merged here.
+        from_file = load_config(SFTSettings, config).model_dump(exclude_unset=True)
+        flags = {"model": model, "lora": lora, "max_steps": max_steps, "epochs": epochs}
+        settings = validate_config(
+            SFTSettings, {**from_file, **{k: v for k, v in flags.items() if v is not None}}, source="options"
+        )
+        summary = run_sft(sft_dir, out_dir, settings, resume=resume)
+        console = Console()
+        loss = summary["final_loss"]
+        console.print(
+            f"[green]SFT done[/]: {summary['steps']} steps ({summary['steps_this_run']} this run), "
+            f"final loss {loss:.4f}, {summary['parameters'] / 1e6:.1f}M parameters -> {out_dir}"
+            if loss is not None
+            else f"[green]SFT done[/]: {summary['steps']} steps -> {out_dir}"
+        )

@@ -1,0 +1,274 @@
+"""Stage 1 training: supervised fine-tuning on teacher traces (paper §3.3) with TRL's SFTTrainer.
+
+Input is the SFT folder written by ``cellduality teach``: a ``DatasetDict`` (``train``, maybe
+``test``) with prompt–completion columns, plus ``tasks.json`` / ``inverse.json`` /
+``vocabulary.json``. Prompts are rendered with :func:`cellduality.models.format_prompt` (the same
+text GRPO and inference will show the model) and the loss is on completion tokens only.
+
+The model is a preset built here (its tokenizer trained on this very corpus + the gene
+vocabulary) or any local Hugging Face causal LM, fully fine-tuned or with LoRA (merged at the end
+so the output folder is a plain HF model). Checkpoints go to ``OUT_DIR/checkpoints`` and
+``resume=True`` continues from the newest complete one; the final model lands in ``OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from cellduality.config import StrictModel
+from cellduality.errors import CellDualityError
+from cellduality.models.loading import PROMPT_SEPARATOR, format_prompt, load_model, lora_config
+from cellduality.models.presets import PRESETS, build_model, count_parameters
+from cellduality.training.common import (
+    LOSS_PLOT,
+    checkpoint_dir,
+    device_args,
+    plot_loss_curve,
+    prepare_output_dir,
+    resumed_steps,
+    save_log_history,
+    use_rich_progress,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset, DatasetDict
+
+SFT_COLUMNS = ("prompt", "completion")
+SUMMARY_FILE = "sft_summary.json"
+
+
+class SFTSettings(StrictModel):
+    """Everything ``cellduality sft`` can be told (YAML config keys = these field names)."""
+
+    model: str = Field("small", description="preset name or local Hugging Face model folder")
+    lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(5e-4, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = Field(0.03, ge=0, description="a fraction of all steps when < 1")
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    seed: int = 0
+    save_steps: int = Field(200, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="evaluate on the test split every N steps")
+    max_eval_rows: int = Field(256, ge=1)
+    report_to: str | list[str] = "none"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    trust_remote_code: bool = False
+    tokenizer_vocab_size: int = Field(4096, ge=300, description="learnt BPE part of a preset's tokenizer")
+    padding_free: bool = Field(False, description="flatten batches without padding (needs flash attention on GPU)")
+
+    def lora_overrides(self) -> dict[str, Any]:
+        return {
+            "r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": self.lora_target_modules,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def load_sft_data(sft_dir: str | os.PathLike[str]) -> DatasetDict:
+    """The ``DatasetDict`` of an SFT folder; one-line error when the folder is not one."""
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(sft_dir)
+    hint = "make one with `cellduality teach TASKS_DIR OUT_DIR`"
+    if not path.is_dir():
+        raise CellDualityError(f"SFT data folder {path} does not exist; {hint}.")
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError):
+        raise CellDualityError(f"{path} is not an SFT data folder (no saved dataset); {hint}.") from None
+    if not isinstance(data, DatasetDict) or "train" not in data:
+        raise CellDualityError(f"{path} is not an SFT data folder (no 'train' split); {hint}.")
+    missing = [c for c in SFT_COLUMNS if c not in data["train"].column_names]
+    if missing:
+        raise CellDualityError(
+            f"{path} is not an SFT data folder (missing column {', '.join(missing)}); {hint}."
+        )
+    if len(data["train"]) == 0:
+        raise CellDualityError(f"SFT data folder {path} has no training rows; re-run `cellduality teach`.")
+    return data
+
+
+def gene_vocabulary(sft_dir: str | os.PathLike[str]) -> list[str]:
+    """Gene symbols of the data lineage (``vocabulary.json`` keys + the tasks' gene contexts)."""
+    path = Path(sft_dir)
+    genes: set[str] = set()
+    vocab = path / "vocabulary.json"
+    if vocab.is_file():
+        genes.update(json.loads(vocab.read_text()))
+    tasks = path / "tasks.json"
+    if tasks.is_file():
+        for spec in json.loads(tasks.read_text()).get("tasks", {}).values():
+            genes.update(spec.get("context", {}).get("genes", ()))
+    return sorted(genes)
+
+
+def _as_training_rows(dataset: Dataset, tokenizer: Any) -> Dataset:
+    """Prompt rendered as the model sees it; completion starting on a token boundary."""
+
+    def render(row: dict[str, str]) -> dict[str, str]:
+        return {"prompt": format_prompt(tokenizer, row["prompt"]), "completion": row["completion"].lstrip()}
+
+    extra = [c for c in dataset.column_names if c not in SFT_COLUMNS]
+    return dataset.map(render, remove_columns=extra, desc="Formatting prompts")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _model_and_tokenizer(settings: SFTSettings, sft_dir: Path, data: DatasetDict, checkpoint: Path | None):
+    if settings.model in PRESETS and checkpoint is not None:
+        # Resume: the tokenizer must be the one the checkpoint was trained with, not a retrained one.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        return build_model(settings.model, tokenizer, seed=settings.seed), tokenizer
+    texts = None
+    genes = None
+    if settings.model in PRESETS:
+        train = data["train"]
+        texts = (p + PROMPT_SEPARATOR + c.lstrip() for p, c in zip(train["prompt"], train["completion"]))
+        genes = gene_vocabulary(sft_dir)
+    model, tokenizer = load_model(
+        settings.model,
+        tokenizer_texts=texts,
+        genes=genes,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        seed=settings.seed,
+    )
+    return model, tokenizer
+
+
+def _sft_config(settings: SFTSettings, out_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    extra: dict[str, Any] = {}
+    if has_eval and settings.eval_steps:
+        extra.update(eval_strategy="steps", eval_steps=settings.eval_steps, per_device_eval_batch_size=settings.batch_size)
+    return SFTConfig(
+        **device_args(
+            output_dir=str(checkpoint_dir(out_dir)),
+            completion_only_loss=True,
+            max_length=settings.max_length,
+            padding_free=settings.padding_free,
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type=settings.lr_scheduler_type,
+            warmup_steps=settings.warmup_steps,
+            weight_decay=settings.weight_decay,
+            num_train_epochs=settings.epochs,
+            max_steps=settings.max_steps,
+            save_steps=settings.save_steps,
+            save_total_limit=settings.save_total_limit,
+            logging_steps=settings.logging_steps,
+            seed=settings.seed,
+            report_to=settings.report_to,
+            **extra,
+        )
+    )
+
+
+def run_sft(
+    sft_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    settings: SFTSettings | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune ``settings.model`` on ``sft_dir`` and leave a CellDuality model in ``out_dir``.
+
+    Returns a summary (steps, final loss, tokens seen, parameters, wall time) that is also written
+    to ``OUT_DIR/sft_summary.json``.
+    """
+    from trl import SFTTrainer
+
+    from cellduality.models.loading import save_cellduality_model
+
+    settings = settings or SFTSettings()
+    sft_path, out = Path(sft_dir), Path(out_dir)
+    data = load_sft_data(sft_path)
+    checkpoint = prepare_output_dir(out, resume)
+    model, tokenizer = _model_and_tokenizer(settings, sft_path, data, checkpoint)
+
+    train = _as_training_rows(data["train"], tokenizer)
+    eval_data = None
+    if "test" in data and len(data["test"]) and settings.eval_steps:
+        test = data["test"].select(range(min(settings.max_eval_rows, len(data["test"]))))
+        eval_data = _as_training_rows(test, tokenizer)
+    args = _sft_config(settings, out, eval_data is not None)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings.lora_overrides()) if settings.lora else None,
+    )
+    use_rich_progress(trainer)
+    started = time.perf_counter()
+    start_step = resumed_steps(checkpoint)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - started
+
+    history = trainer.state.log_history
+    losses = [row["loss"] for row in history if "loss" in row]
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    summary = {
+        "model": settings.model,
+        "lora": settings.lora,
+        "steps": trainer.state.global_step,
+        "steps_this_run": trainer.state.global_step - start_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_rows": len(train),
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "train_loss": result.training_loss,
+        "tokens_seen": trainer._total_train_tokens,
+        "parameters": count_parameters(trained),
+        "trainable_parameters": count_parameters(trained, trainable_only=True),
+        "wall_seconds": round(wall, 2),
+    }
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_log_history(history, out)
+        plot_loss_curve(history, out / LOSS_PLOT, title=f"SFT loss ({settings.model})")
+        info = {
+            "stage": "sft",
+            "base_model": settings.model,
+            "sft_data": str(sft_path.resolve()),
+            "settings": settings.model_dump(),
+            "summary": summary,
+        }
+        save_cellduality_model(trained, tokenizer, out, info, lineage_dir=sft_path)
+        tmp = out / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out / SUMMARY_FILE)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
