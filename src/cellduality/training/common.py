@@ -179,7 +179,7 @@ def plot_loss_curve(
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, points in series.items():
-        steps, values = zip(*points)
+        steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

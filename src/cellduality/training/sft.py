@@ -151,7 +151,7 @@ def _model_and_tokenizer(settings: SFTSettings, sft_dir: Path, data: DatasetDict
     genes = None
     if settings.model in PRESETS:
         train = data["train"]
-        texts = (p + PROMPT_SEPARATOR + c.lstrip() for p, c in zip(train["prompt"], train["completion"]))
+        texts = (p + PROMPT_SEPARATOR + c.lstrip() for p, c in zip(train["prompt"], train["completion"], strict=True))
         genes = gene_vocabulary(sft_dir)
     model, tokenizer = load_model(
         settings.model,
