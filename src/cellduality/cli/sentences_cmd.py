@@ -1,9 +1,85 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality sentences`` (AnnData -> cell-sentence folder) and ``cellduality datasets list``."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
+
+datasets_app = typer.Typer(help="The paper's benchmark datasets and the sets that work offline.",
+                           no_args_is_help=True)
+
+
+def sentences(
+    source: str = typer.Argument(..., help="An .h5ad file, or a built-in name (pbmc68k_reduced, kang2018, "
+                                           "papalexi2021, a375_plx4720, baron2016, he2020_liver, tirosh2016)."),
+    out_dir: Path = typer.Argument(..., help="Folder to write (a Hugging Face dataset + JSON files)."),
+    top_k: int = typer.Option(100, "--top-k", help="Genes per sentence (0 = every nonzero gene)."),
+    label_key: list[str] = typer.Option(None, "--label-key", help=".obs column(s) to keep as labels (repeatable)."),
+    perturbation_key: str | None = typer.Option(None, help=".obs column naming each cell's perturbation."),
+    control_value: str | None = typer.Option(None, help="Value of --perturbation-key that marks control cells."),
+    group_key: str | None = typer.Option(None, help=".obs column controls are matched on (cell type/line)."),
+    drug_key: str | None = typer.Option(None, help=".obs column naming the drug."),
+    keep_obs: list[str] = typer.Option(None, "--keep-obs", help="Other .obs columns to keep (repeatable)."),
+    gene_map: Path | None = typer.Option(None, help="Table mapping Ensembl/Entrez ids to symbols (CSV/TSV)."),
+    gene_id_column: str | None = typer.Option(None, help=".var column holding gene symbols."),
+    orthologs: Path | None = typer.Option(None, help="Mouse -> human ortholog table (CSV/TSV)."),
+    layer: str | None = typer.Option(None, help="Rank this layer instead of .X."),
+    use_raw: bool | None = typer.Option(None, "--use-raw/--no-use-raw",
+                                        help="Rank .raw (default: when .raw exists and .X is scaled)."),
+    expression: str = typer.Option("auto", help="What the values are: auto, counts, log1p, tpm, scaled."),
+    seed: int = typer.Option(0, help="Seed for tie-breaking and the train/test split."),
+    test_size: float = typer.Option(0.2, help="Fraction of cells in the test split."),
+) -> None:
+    """Turn single cells into cell sentences (top-K genes, most expressed first)."""
+    from rich.console import Console
+
+    from cellduality.datasets import load_dataset
+    from cellduality.sentences import build_cell_sentences
+
+    console = Console(stderr=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    adata, defaults = load_dataset(source)
+    label_keys = list(label_key or []) or ([defaults["label_key"]] if defaults.get("label_key") else [])
+    with console.status("ranking genes and fitting the inverse model..."):
+        cells = build_cell_sentences(
+            adata, top_k=top_k or None, label_keys=label_keys,
+            perturbation_key=perturbation_key or defaults.get("perturbation_key"),
+            control_value=control_value if control_value is not None else defaults.get("control_value"),
+            group_key=group_key or defaults.get("group_key"), drug_key=drug_key or defaults.get("drug_key"),
+            keep_obs=list(keep_obs or []), gene_map=gene_map or defaults.get("gene_map"),
+            gene_id_column=gene_id_column, orthologs=orthologs, layer=layer,
+            use_raw=use_raw if use_raw is not None else defaults.get("use_raw"), expression=expression,
+            seed=seed, test_size=test_size, source=str(source))
+    cells.save(out_dir)
+    meta, fid = cells.meta, cells.meta["inverse_fidelity"]
+    console.print(f"[green]Wrote[/] {meta['n_cells']} cell sentences to {out_dir} "
+                  f"({meta['input_used']}; dropped {meta['n_dropped_empty']} empty cells).")
+    console.print(f"Inverse (held-out): R² {fid['r2']}, Pearson {fid['pearson']}, Spearman {fid['spearman']} "
+                  f"(Cell2Sentence line: R² {fid['c2s_linear']['r2']}).")
+
+
+@datasets_app.command("list")
+def list_datasets() -> None:
+    """Print the registry: the paper's benchmarks and the offline sets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cellduality.datasets import BENCHMARKS, OFFLINE
+
+    table = Table(title="CellDuality datasets", show_lines=False)
+    for column in ("name", "species", "theme", "role", "labels", "accession", "citation", "download"):
+        table.add_column(column, overflow="fold")
+    for group, specs in (("benchmark", BENCHMARKS), ("offline", OFFLINE)):
+        for spec in specs.values():
+            how = "offline" if group == "offline" else ("url" if spec.url else "manual")
+            table.add_row(spec.name, spec.species, spec.theme, spec.role, ", ".join(spec.label_columns) or "-",
+                          spec.accession, spec.citation, how)
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``sentences`` and the ``datasets`` sub-commands to ``app``."""
+    app.command("sentences")(sentences)
+    app.add_typer(datasets_app, name="datasets")

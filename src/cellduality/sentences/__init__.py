@@ -1,0 +1,41 @@
+"""Single cells -> cell sentences (and back): the paper's §3.1.
+
+A cell sentence is the cell's expressed gene symbols in descending order of expression, top-K.
+
+* :func:`to_sentences` -- the fast vectorised core (AnnData -> ``list[str]``);
+* :func:`build_cell_sentences` / :class:`CellSentenceDataset` -- the saved folder other stages read
+  (sentences + kept ``.obs`` columns, vocabulary, inverse model, splits);
+* :class:`InverseModel` -- sentence -> expression.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cellduality.datasets.loaders import read_h5ad
+from cellduality.sentences.dataset import CellSentenceDataset, build_cell_sentences
+from cellduality.sentences.genes import resolve_symbols
+from cellduality.sentences.inverse import InverseModel
+from cellduality.sentences.normalize import choose_input
+from cellduality.sentences.ranking import SentenceJoiner, rank_csr
+
+__all__ = ["CellSentenceDataset", "InverseModel", "build_cell_sentences", "rank_csr", "read_h5ad", "to_sentences"]
+
+
+def to_sentences(adata, top_k: int | None = 100, seed: int = 0, *, layer: str | None = None,
+                 use_raw: bool | None = None, expression: str = "auto", gene_id_column: str | None = None,
+                 gene_map: str | Path | None = None, orthologs: str | Path | None = None) -> list[str]:
+    """One sentence per cell, in cell order: its top-``top_k`` nonzero genes, most expressed first.
+
+    ``top_k=None`` keeps every nonzero gene. Ties are broken by a permutation seeded by ``seed``.
+    All-zero cells give ``""`` (``build_cell_sentences`` drops them instead).
+    """
+    chosen = choose_input(adata, layer=layer, use_raw=use_raw, expression=expression)
+    names = resolve_symbols(chosen.var_names, chosen.var, gene_id_column=gene_id_column,
+                            gene_map=gene_map, orthologs=orthologs)
+    matrix = chosen.matrix if names.keep.all() else chosen.matrix[:, np.flatnonzero(names.keep)]
+    symbols = [s for s, k in zip(names.symbols, names.keep, strict=True) if k]
+    indptr, genes = rank_csr(matrix, top_k, seed)
+    return SentenceJoiner(symbols).join(indptr, genes)
