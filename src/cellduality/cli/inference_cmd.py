@@ -1,9 +1,151 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality annotate | sensitivity | generate | perturb``: a trained model on your own cells.
+
+Each reads an ``.h5ad`` (never modified), writes results into a copy's ``.obs``/``.obsm``/``.uns``
+and saves it to ``--out``; the Python API is :mod:`cellduality.inference`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from cellduality.errors import CellDualityError
+
+MODEL = typer.Option(..., "--model", help="A model folder written by `cellduality sft` or `cellduality grpo`.")
+OUT = typer.Option(..., "--out", help="Where to write the result (.h5ad); never the input file.")
+
+
+def _read(path: Path):
+    from cellduality.sentences import read_h5ad
+
+    return read_h5ad(path)
+
+
+def _check_out(inp: Path | None, out: Path) -> None:
+    if out.suffix != ".h5ad":
+        raise CellDualityError(f"--out {out} must end in .h5ad.")
+    if inp is not None and out.resolve() == inp.resolve():
+        raise CellDualityError("--out must differ from the input file; the input is never modified in place.")
+
+
+def _write(adata, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(out)
+
+
+def _summary(adata, column: str, console) -> None:
+    from rich.table import Table
+
+    counts = adata.obs[column].astype(str).value_counts()
+    table = Table(title=f"{column} ({adata.n_obs} cells)")
+    table.add_column("prediction")
+    table.add_column("cells", justify="right")
+    table.add_column("mean confidence", justify="right")
+    conf = adata.obs.get("cellduality_confidence")
+    for label, n in counts.items():
+        mean = "" if conf is None else f"{conf[adata.obs[column].astype(str) == label].mean():.2f}"
+        table.add_row(str(label), str(n), mean)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    @app.command("annotate")
+    def annotate_cmd(
+        input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
+        model: Path = MODEL,
+        out: Path = OUT,
+        n_samples: int = typer.Option(4, min=1, help="Answers sampled per cell for duality reranking (1 = greedy)."),
+        temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature of the answers."),
+        batch_size: int = typer.Option(32, min=1),
+        min_overlap: float = typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to the model."),
+        layer: str | None = typer.Option(None, help="Rank this layer instead of .X / .raw."),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Annotate cell types with reasoning and a duality-reranked confidence."""
+        from rich.console import Console
+
+        from cellduality.inference import annotate
+
+        _check_out(input, out)
+        result = annotate(_read(input), str(model), n_samples=n_samples, temperature=temperature,
+                          batch_size=batch_size, min_overlap=min_overlap, seed=seed,
+                          **({"layer": layer} if layer else {}))
+        _write(result, out)
+        console = Console()
+        _summary(result, "cellduality_cell_type", console)
+        console.print(f"Wrote {out}: .obs['cellduality_cell_type', 'cellduality_reasoning', 'cellduality_confidence']")
+
+    @app.command("sensitivity")
+    def sensitivity_cmd(
+        input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
+        drug: str = typer.Option(..., "--drug", help="Drug name, as the model was trained on it."),
+        model: Path = MODEL,
+        out: Path = OUT,
+        n_samples: int = typer.Option(4, min=1),
+        temperature: float = typer.Option(0.8, min=0.0),
+        batch_size: int = typer.Option(32, min=1),
+        min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
+        gene_map: Path | None = typer.Option(None, help="Table mapping Ensembl/Entrez ids to symbols."),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Predict sensitive/resistant to a drug, with reasoning and a duality-reranked confidence."""
+        from rich.console import Console
+
+        from cellduality.inference import predict_sensitivity
+
+        _check_out(input, out)
+        result = predict_sensitivity(_read(input), str(model), drug, n_samples=n_samples, temperature=temperature,
+                                     batch_size=batch_size, min_overlap=min_overlap, seed=seed,
+                                     **({"gene_map": str(gene_map)} if gene_map else {}))
+        _write(result, out)
+        console = Console()
+        _summary(result, "cellduality_sensitivity", console)
+        console.print(f"Wrote {out}: .obs['cellduality_sensitivity', 'cellduality_reasoning', 'cellduality_confidence']")
+
+    @app.command("generate")
+    def generate_cmd(
+        model: Path = MODEL,
+        cell_type: str = typer.Option(..., "--cell-type", help="A cell type the model knows."),
+        n: int = typer.Option(10, "-n", min=1, help="Number of cells to generate."),
+        out: Path = OUT,
+        temperature: float = typer.Option(0.8, min=0.0),
+        batch_size: int = typer.Option(32, min=1),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Generate cells of a type: cell sentences plus reconstructed expression (.X)."""
+        from rich.console import Console
+
+        from cellduality.inference import generate_cells
+
+        _check_out(None, out)
+        result = generate_cells(str(model), cell_type, n, temperature=temperature, batch_size=batch_size, seed=seed)
+        _write(result, out)
+        consistent = float(result.obs["cellduality_consistent"].mean())
+        Console().print(f"Wrote {n} generated {cell_type} cells to {out} "
+                        f"({consistent:.0%} read back as {cell_type} by the model's dual task).")
+
+    @app.command("perturb")
+    def perturb_cmd(
+        input: Path = typer.Argument(..., help="Control cells (.h5ad)."),
+        perturbation: str = typer.Option(..., "--perturbation", help='e.g. "knockout STAT1".'),
+        model: Path = MODEL,
+        out: Path = OUT,
+        batch_size: int = typer.Option(32, min=1),
+        min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Predict each cell's response to a perturbation (sentence + expression in .obsm)."""
+        from rich.console import Console
+
+        from cellduality.inference import perturb
+
+        _check_out(input, out)
+        result = perturb(_read(input), str(model), perturbation, batch_size=batch_size, min_overlap=min_overlap,
+                         seed=seed)
+        _write(result, out)
+        consistent = float(result.obs["cellduality_consistent"].mean())
+        Console().print(f"Wrote {out}: .obs['cellduality_perturbed_sentence'], .obsm['cellduality_perturbed'] "
+                        f"({consistent:.0%} read back as the requested perturbation by the dual task).")

@@ -1,0 +1,91 @@
+"""A trained CellDuality model as one object: weights, tokenizer, tasks and data lineage.
+
+A CellDuality model folder is a standard Hugging Face folder plus ``cellduality.json`` (the tasks
+it was trained on, with their label sets and gene vocabulary) and the ``inverse.json`` /
+``vocabulary.json`` of its training data. Loading it here gives everything inference needs:
+the tasks (to write prompts and parse answers), a batched ``generate`` callable, and the
+inverse model to turn generated cell sentences back into expression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellduality.errors import CellDualityError, ModelError
+from cellduality.tasks.base import Task
+
+GenerateFn = Callable[[list[str]], list[str]]
+
+
+@dataclass
+class CellDualityModel:
+    """A loaded model with its tasks; build it with :meth:`load`."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+    tasks: dict[str, Task]
+    _inverse: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> CellDualityModel:
+        """Load a model folder written by ``cellduality sft`` or ``cellduality grpo``."""
+        from cellduality.models import load_model, read_model_info
+        from cellduality.tasks import load_tasks
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ModelError(f"Model folder {folder} does not exist; pass a folder written by `cellduality sft` or `grpo`.")
+        info = read_model_info(folder)  # one-line ModelError when it is not a CellDuality model
+        tasks = load_tasks(folder / "cellduality.json")
+        if not tasks:
+            raise ModelError(f"{folder} records no tasks in cellduality.json; re-train it with `cellduality sft`.")
+        model, tokenizer = load_model(str(folder), device=device)
+        return cls(path=folder, model=model, tokenizer=tokenizer, info=info, tasks=tasks)
+
+    def task(self, name: str) -> Task:
+        """The model's task ``name``, or a one-line error listing the tasks it knows."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise CellDualityError(
+                f"This model was not trained on the '{name}' task; it knows: {', '.join(sorted(self.tasks))}."
+            ) from None
+
+    def generator(
+        self,
+        *,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        batch_size: int = 32,
+        seed: int | None = None,
+    ) -> GenerateFn:
+        """A batched ``list[prompt] -> list[completion]`` callable over this model."""
+        from cellduality.models import make_generate_fn
+
+        return make_generate_fn(
+            self.model,
+            self.tokenizer,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            batch_size=batch_size,
+            seed=seed,
+        )
+
+    @property
+    def inverse(self) -> Any:
+        """The sentence -> expression model of the training data (loaded on first use)."""
+        if self._inverse is None:
+            from cellduality.sentences import InverseModel
+
+            path = self.path / "inverse.json"
+            if not path.is_file():
+                raise ModelError(f"{self.path} has no inverse.json; it cannot turn sentences into expression.")
+            self._inverse = InverseModel.load(path)
+        return self._inverse

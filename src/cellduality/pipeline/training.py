@@ -1,0 +1,87 @@
+"""Stage functions shared by ``quickstart`` and ``benchmark``.
+
+Each is a thin call into the stage's own module with that module's validated settings, so the
+pipelines add orchestration only: which folders feed which stage, and resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellduality.config import validate_config
+from cellduality.errors import CellDualityError
+
+
+def merge_task_dirs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Concatenate several task folders (one per dataset) into one multi-task mixture.
+
+    Task names must be distinct across folders (e.g. annotation+generation from one dataset,
+    sensitivity from another). The lineage files (inverse model, vocabulary) of the first folder
+    are kept: it is the primary dataset whose cells the generation task writes.
+    """
+    from datasets import DatasetDict, concatenate_datasets
+
+    from cellduality.tasks.builders import FOLDERS, load_task_datasets
+
+    manifests = [json.loads((Path(d) / "tasks.json").read_text()) for d in dirs]
+    merged_tasks: dict[str, Any] = {}
+    for d, manifest in zip(dirs, manifests, strict=True):
+        for name, entry in manifest["tasks"].items():
+            if name in merged_tasks:
+                raise CellDualityError(f"Task '{name}' comes from two datasets (second: {d}); give each task one dataset.")
+            merged_tasks[name] = entry
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for folder in FOLDERS:
+            parts = [load_task_datasets(d, folder) for d in dirs]
+            splits = sorted({s for p in parts for s in p})
+            merged = DatasetDict({
+                s: concatenate_datasets([p[s] for p in parts if s in p and len(p[s])]).shuffle(seed=0)
+                if s == "train" else concatenate_datasets([p[s] for p in parts if s in p and len(p[s])])
+                for s in splits if any(s in p and len(p[s]) for p in parts)
+            })
+            merged.save_to_disk(str(tmp / folder))
+        manifest = {**manifests[0], "tasks": merged_tasks, "merged_from": [str(d) for d in dirs],
+                    "counts": {k: v for m in manifests for k, v in m.get("counts", {}).items()}}
+        (tmp / "tasks.json").write_text(json.dumps(manifest, indent=1))
+        for name in ("inverse.json", "vocabulary.json"):
+            source = Path(dirs[0]) / name
+            if source.is_file():
+                shutil.copy2(source, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"tasks": sorted(merged_tasks)}
+
+
+def teach_stage(tasks_dir: Path, out: Path, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    from cellduality.teacher import TeachConfig, build_sft
+
+    config = validate_config(TeachConfig, {"seed": seed, **options}, source="teach settings")
+    report = build_sft(tasks_dir, out, config, overwrite=True)
+    return {"acceptance": {k: v for k, v in report.items() if "accept" in k or k == "per_task"}}
+
+
+def sft_stage(sft_dir: Path, out: Path, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    from cellduality.training.sft import SFTSettings, run_sft
+
+    settings = validate_config(SFTSettings, {"seed": seed, **options}, source="sft settings")
+    result = run_sft(sft_dir, out, settings, resume=True)
+    return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
+
+
+def grpo_stage(tasks_dir: Path, out: Path, sft_model: Path, mode: str, options: Mapping[str, Any],
+               seed: int) -> dict[str, Any]:
+    from cellduality.training.grpo import GRPOSettings, run_grpo
+
+    settings = validate_config(GRPOSettings, {"seed": seed, **options, "reward": mode}, source="grpo settings")
+    result = run_grpo(tasks_dir, out, sft_model, settings, resume=True)
+    return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
