@@ -358,7 +358,9 @@ def dry_run(rl_dir: str | Path, out_dir: str | Path, sft_model: str | Path | Non
         "processes": n,
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "generation_batch_size": config.generation_batch_size,
+        # what one optimiser step generates across all processes (GRPOConfig itself only sees this
+        # machine's process count; under `accelerate launch` both agree)
+        "generation_batch_size": config.per_device_train_batch_size * n * config.gradient_accumulation_steps,
         "num_generations": config.num_generations,
         "bf16": config.bf16,
         "use_vllm": config.use_vllm,
