@@ -19,7 +19,7 @@ from cellduality.sentences.dataset import CellSentenceDataset, build_cell_senten
 from cellduality.sentences.genes import resolve_symbols
 from cellduality.sentences.inverse import InverseModel
 from cellduality.sentences.normalize import choose_input
-from cellduality.sentences.ranking import SentenceJoiner, rank_csr
+from cellduality.sentences.ranking import SentenceJoiner, rank_csr, ranked_blocks
 
 __all__ = ["CellSentenceDataset", "InverseModel", "build_cell_sentences", "rank_csr", "read_h5ad", "to_sentences"]
 
@@ -37,5 +37,8 @@ def to_sentences(adata, top_k: int | None = 100, seed: int = 0, *, layer: str | 
                             gene_map=gene_map, orthologs=orthologs)
     matrix = chosen.matrix if names.keep.all() else chosen.matrix[:, np.flatnonzero(names.keep)]
     symbols = [s for s, k in zip(names.symbols, names.keep, strict=True) if k]
-    indptr, genes = rank_csr(matrix, top_k, seed)
-    return SentenceJoiner(symbols).join(indptr, genes)
+    joiner = SentenceJoiner(symbols)
+    out = np.full(matrix.shape[0], "", dtype=object)
+    for rows, counts, genes in ranked_blocks(matrix, top_k, seed):  # rank and join block by block
+        out[rows] = joiner.join_block(counts, genes)
+    return out.tolist()

@@ -13,12 +13,12 @@ split into Python strings once per block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-_BLOCK_NNZ = 1 << 15  # entries sorted together; small enough to stay in cache
+_BLOCK_NNZ = 1 << 16  # key-table cells sorted per block; small enough to stay in cache
 _VALUE_BITS = 32  # values are ranked through their float32 bit pattern
 
 
@@ -44,62 +44,90 @@ def tie_order(n_genes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_genes).astype(np.int64)
 
 
-def rank_csr(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank each row's nonzero entries, highest value first, keeping at most ``top_k`` per row.
+def ranked_blocks(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(rows, counts, genes)`` for blocks of rows that together cover every row once.
 
-    Returns ``(indptr, genes)``: the ranked column indices of row ``i`` are
-    ``genes[indptr[i]:indptr[i + 1]]``. Explicit zeros never appear; ties are broken by a
-    permutation of the columns seeded by ``seed`` (same seed, same order).
+    ``genes`` holds the ranked column indices of ``rows[0]``, then ``rows[1]``, ... (``counts[i]``
+    of them for ``rows[i]``): highest value first, explicit zeros dropped, ties ordered by a
+    permutation of the columns seeded by ``seed``, at most ``top_k`` per row. Rows are visited in
+    order of their number of entries, so each block is a tight rows x width table of sort keys.
     """
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be >= 1 or None")
     matrix = sp.csr_matrix(matrix)
     n_rows, n_genes = matrix.shape
     order = tie_order(n_genes, seed)
-    gene_of_order = np.argsort(order)
     gene_bits = max(1, int(n_genes - 1).bit_length())
-    row_bits = 64 - _VALUE_BITS - gene_bits
-    if row_bits < 1 or not _float32_is_exact(matrix.data):
-        return _rank_csr_lexsort(matrix, top_k, order)
-    max_rows = 1 << row_bits
+    if gene_bits > 64 - _VALUE_BITS or not _float32_is_exact(matrix.data):
+        indptr, genes = _rank_csr_lexsort(matrix, top_k, order)
+        yield np.arange(n_rows), np.diff(indptr), genes
+        return
+    gene_of_order = np.argsort(order)
+    non_negative = matrix.data.size == 0 or float(matrix.data.min()) >= 0
     indptr = matrix.indptr.astype(np.int64)
-    # Block boundaries: ~_BLOCK_NNZ entries per block, never more rows than the key can hold.
-    bounds = [0]
-    while bounds[-1] < n_rows:
-        start = bounds[-1]
-        stop = int(np.searchsorted(indptr, indptr[start] + _BLOCK_NNZ, side="right")) - 1
-        bounds.append(min(max(stop, start + 1), start + max_rows, n_rows))
-    out_counts = np.zeros(n_rows, dtype=np.int64)
-    out_genes: list[np.ndarray] = []
-    shift_value = np.uint64(gene_bits)
-    shift_row = np.uint64(gene_bits + _VALUE_BITS)
-    mask_gene = np.uint64((1 << gene_bits) - 1)
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        lo, hi = indptr[start], indptr[stop]
-        data = matrix.data[lo:hi]
-        cols = matrix.indices[lo:hi]
-        counts = np.diff(indptr[start:stop + 1])
-        rows = np.repeat(np.arange(stop - start, dtype=np.uint64), counts)
-        nonzero = data != 0
-        if not nonzero.all():
-            data, cols, rows = data[nonzero], cols[nonzero], rows[nonzero]
-            counts = np.bincount(rows.astype(np.int64), minlength=stop - start)
-        keys = (rows << shift_row) | (_descending_value_bits(data).astype(np.uint64) << shift_value)
+    entries = np.diff(indptr)
+    by_size = np.argsort(entries, kind="stable")
+    sorted_entries = entries[by_size]
+    ends = np.cumsum(sorted_entries)
+    shift_value, mask_gene, padding = np.uint64(gene_bits), np.uint64((1 << gene_bits) - 1), np.uint64(2**64 - 1)
+    start = 0
+    while start < n_rows:
+        # ~_BLOCK_NNZ table cells per block (rows have similar sizes, so little padding)
+        width = max(int(sorted_entries[start]), 1)
+        stop = int(np.searchsorted(ends, ends[start] - sorted_entries[start] + _BLOCK_NNZ, side="right"))
+        stop = min(max(stop, start + 1), n_rows)
+        while stop - start > 1 and (stop - start) * int(sorted_entries[stop - 1]) > 4 * _BLOCK_NNZ:
+            stop = start + max(1, (stop - start) // 2)
+        rows = by_size[start:stop]
+        counts = entries[rows]
+        width = int(counts.max(initial=0))
+        start = stop
+        if width == 0:
+            yield rows, counts, np.zeros(0, dtype=np.intp)
+            continue
+        first = np.cumsum(counts) - counts
+        local = np.repeat(np.arange(rows.size), counts)
+        position = np.arange(int(counts.sum())) - first[local]
+        source = indptr[rows][local] + position
+        data, cols = matrix.data[source], matrix.indices[source]
+        if non_negative:  # float bits of x >= 0 grow with x; flip them for descending order
+            vbits = ~np.ascontiguousarray(data, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
+        else:
+            vbits = _descending_value_bits(data)
+        keys = vbits.astype(np.uint64) << shift_value
         keys |= order[cols].astype(np.uint64)
-        keys.sort()
-        genes = gene_of_order[(keys & mask_gene).astype(np.int64)]
-        if top_k is not None and counts.max(initial=0) > top_k:
-            row_start = np.repeat(np.cumsum(counts) - counts, counts)
-            keep = (np.arange(genes.size) - row_start) < top_k
-            genes = genes[keep]
-            counts = np.minimum(counts, top_k)
-        out_counts[start:stop] = counts
-        out_genes.append(genes)
-    out_indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(out_counts, out=out_indptr[1:])
-    genes_all = np.concatenate(out_genes) if out_genes else np.zeros(0, dtype=np.int64)
-    return out_indptr, genes_all
+        keys[data == 0] = padding  # explicit zeros sort last and are cut below
+        table = np.full((rows.size, width), padding, dtype=np.uint64)
+        table[local, position] = keys
+        table.sort(axis=1)  # many short rows: small in-cache SIMD sorts
+        kept = counts - np.bincount(local[data == 0], minlength=rows.size) if (data == 0).any() else counts
+        if top_k is not None:
+            kept = np.minimum(kept, top_k)
+            table = table[:, :top_k]
+        ranked = table[np.arange(table.shape[1])[None, :] < kept[:, None]]
+        yield rows, kept, gene_of_order[(ranked & mask_gene).astype(np.intp)]
+
+
+def rank_csr(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rank each row's nonzero entries, highest value first, keeping at most ``top_k`` per row.
+
+    Returns ``(indptr, genes)``: the ranked column indices of row ``i`` are
+    ``genes[indptr[i]:indptr[i + 1]]`` (see :func:`ranked_blocks` for the ordering rules).
+    """
+    blocks = list(ranked_blocks(matrix, top_k, seed))
+    counts = np.zeros(matrix.shape[0], dtype=np.int64)
+    for rows, kept, _ in blocks:
+        counts[rows] = kept
+    indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    genes = np.empty(int(indptr[-1]), dtype=np.intp)
+    for rows, kept, ranked in blocks:
+        first = np.cumsum(kept) - kept
+        local = np.repeat(np.arange(rows.size), kept)
+        genes[indptr[rows][local] + np.arange(ranked.size) - first[local]] = ranked
+    return indptr, genes
 
 
 def _rank_csr_lexsort(matrix: sp.csr_matrix, top_k: int | None, order: np.ndarray
@@ -121,40 +149,43 @@ def _rank_csr_lexsort(matrix: sp.csr_matrix, top_k: int | None, order: np.ndarra
 
 
 class SentenceJoiner:
-    """Turns ranked gene indices into space-separated sentences with NumPy byte gathers."""
+    """Turns ranked gene indices into space-separated sentences with NumPy byte gathers.
+
+    Each name (plus a trailing space) sits in a zero-padded row of a fixed-width byte table;
+    gathering rows of the table and dropping the padding bytes yields the text of many
+    sentences at once, which is decoded and split into lines once per block.
+    """
 
     def __init__(self, names: Sequence[str]) -> None:
         encoded = [str(n).encode("utf-8") + b" " for n in names]
-        if any(b" " in e[:-1] or b"\n" in e for e in encoded):
-            raise ValueError("gene names must not contain spaces or newlines")
+        if any(b" " in e[:-1] or b"\n" in e or b"\0" in e for e in encoded):
+            raise ValueError("gene names must not contain spaces, newlines or NUL bytes")
         self._lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-        self._starts = np.cumsum(self._lengths) - self._lengths
-        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        width = int(self._lengths.max(initial=1))
+        self._table = np.zeros((len(encoded), width), dtype=np.uint8)
+        for i, e in enumerate(encoded):
+            self._table[i, :len(e)] = np.frombuffer(e, dtype=np.uint8)
 
-    def join(self, indptr: np.ndarray, genes: np.ndarray, block_rows: int = 4096) -> list[str]:
+    def join_block(self, counts: np.ndarray, genes: np.ndarray) -> list[str]:
+        """Sentences of consecutive rows with ``counts[i]`` ranked genes each (``""`` when 0)."""
+        if genes.size == 0:
+            return [""] * counts.size
+        block = self._table[genes]
+        last = np.cumsum(counts)[counts > 0] - 1
+        block[last, self._lengths[genes[last]] - 1] = ord("\n")  # a row's last space ends its line
+        flat = block.ravel()
+        lines = flat[flat != 0].tobytes().decode("utf-8").split("\n")[:-1]
+        if counts.min() > 0:
+            return lines
+        out = np.full(counts.size, "", dtype=object)
+        out[counts > 0] = lines
+        return out.tolist()
+
+    def join(self, indptr: np.ndarray, genes: np.ndarray, block_rows: int = 256) -> list[str]:
         """One sentence per row of ``(indptr, genes)``; rows without genes become ``""``."""
         n_rows = indptr.size - 1
         out: list[str] = []
         for start in range(0, n_rows, block_rows):
             stop = min(start + block_rows, n_rows)
-            g = genes[indptr[start]:indptr[stop]]
-            counts = np.diff(indptr[start:stop + 1])
-            if g.size == 0:
-                out.extend([""] * (stop - start))
-                continue
-            lengths = self._lengths[g]
-            ends = np.cumsum(lengths)
-            total = int(ends[-1])
-            idx = np.repeat(self._starts[g] - (ends - lengths), lengths)
-            idx += np.arange(total, dtype=np.int64)
-            text = self._buffer[idx]
-            row_last = np.cumsum(counts)[counts > 0] - 1
-            text[ends[row_last] - 1] = ord("\n")  # each row's trailing space ends its line
-            lines = text.tobytes().decode("utf-8").split("\n")[:-1]
-            if counts.min() > 0:
-                out.extend(lines)
-            else:
-                block = np.full(stop - start, "", dtype=object)
-                block[counts > 0] = lines
-                out.extend(block.tolist())
+            out.extend(self.join_block(np.diff(indptr[start:stop + 1]), genes[indptr[start]:indptr[stop]]))
         return out
