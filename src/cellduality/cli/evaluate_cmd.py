@@ -1,9 +1,41 @@
-"""CLI commands (module owned by its stage; filled in as the stage lands)."""
+"""``cellduality evaluate MODEL_DIR TASKS_DIR OUT_DIR``: metrics, baselines, tables and plots."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``evaluate`` command to ``app``."""
+
+    @app.command("evaluate")
+    def evaluate(
+        model_dir: Path = typer.Argument(..., help="CellDuality model folder (from `cellduality sft`/`grpo`)."),
+        tasks_dir: Path = typer.Argument(..., help="Tasks folder from `cellduality tasks build` (its test split)."),
+        out_dir: Path = typer.Argument(..., help="Where to write metrics.json, CSVs, report.md and PNGs."),
+        task: list[str] = typer.Option(None, "--task", help="Evaluate only these tasks (repeatable)."),
+        seed: int = typer.Option(0, help="Seed for sampling and sub-sampling."),
+        sample: bool = typer.Option(False, "--sample/--greedy", help="Sample instead of greedy decoding."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature (with --sample)."),
+        batch_size: int = typer.Option(16, help="Prompts per generate batch."),
+        max_new_tokens: int = typer.Option(256, help="Longest completion."),
+        max_examples: int = typer.Option(None, help="Evaluate at most this many test examples per task."),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score classical baselines."),
+        reward_validity: bool = typer.Option(True, "--reward-validity/--no-reward-validity",
+                                             help="Measure how well the duality reward separates right from wrong."),
+    ) -> None:
+        """Evaluate a model on the test split: paper metrics, baselines, Markdown report and plots."""
+        from rich.console import Console
+
+        from cellduality.evaluation.evaluate import evaluate_model
+
+        results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
+                                 tasks=task or None, baselines=baselines, reward_validity=reward_validity)
+        console = Console()
+        for name, metrics in results.items():
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)
+            console.print(f"[bold]{name}[/]: {shown}")
+        console.print(f"[green]Wrote[/] {out_dir}/metrics.json, report.md, predictions_*.csv and plots.")

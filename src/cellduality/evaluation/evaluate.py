@@ -1,0 +1,251 @@
+"""``cellduality evaluate``: run a model on the test split of a tasks folder and write the results.
+
+:func:`evaluate_model` loads a model folder and calls :func:`evaluate_generate`, which works with
+any ``generate(prompts) -> completions`` (a model, a vLLM engine, a test double). Generation is
+batched and reproducible: greedy by default, seeded when sampling. Per task it writes the
+predictions CSV and plots, and for all tasks ``metrics.json`` (``{task: {metric: value}}``),
+``baselines.json`` and ``report.md``. Everything goes to a temporary folder that is renamed into
+``OUT_DIR`` at the end, so an interrupted run never leaves a half-written result.
+
+The reward-validity diagnostic asks whether the duality reward -- computed by the same model
+as its own dual -- separates right from wrong primal answers:
+
+* ``reward_auc``: ROC AUC of the reward between the model's correct and incorrect answers
+  (classification; ``nan`` when all answers are right or all wrong);
+* ``reward_auc_contrast``: AUC between the reference answer and a wrong one for every example
+  (a seeded random other label; for generative tasks the real cell of another example with a
+  different condition), defined even for a perfect model;
+* ``reward_spearman`` (generative tasks): rank correlation of the reward with the ground-truth
+  RWJS of the model's own cells.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellduality.errors import CellDualityError
+from cellduality.evaluation import metrics as M
+from cellduality.evaluation.baselines import load_inverse, load_rows, run_baselines
+from cellduality.evaluation.scoring import GenerativeScorer, TaskRows, score_classification
+
+GenerateFn = Callable[[list[str]], list[str]]
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    tasks_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    max_examples: int | None = None,
+    tasks: Sequence[str] | None = None,
+    embedding: Any = None,
+    baselines: bool = True,
+    reward_validity: bool = True,
+    overwrite: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Evaluate the model in ``model_dir`` on the ``test`` split of ``tasks_dir``; returns metrics.json."""
+    from cellduality.models import load_model, make_generate_fn, read_model_info
+
+    read_model_info(model_dir)  # one-line error when it is not a CellDuality model
+    model, tokenizer = load_model(model_dir)
+    generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                temperature=temperature, batch_size=batch_size, seed=seed)
+    return evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
+                             embedding=embedding, baselines=baselines, reward_validity=reward_validity,
+                             batch_size=batch_size, overwrite=overwrite,
+                             run_info={"model_dir": str(model_dir), "do_sample": do_sample,
+                                       "temperature": temperature, "max_new_tokens": max_new_tokens})
+
+
+def evaluate_generate(
+    generate: GenerateFn,
+    tasks_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    max_examples: int | None = None,
+    tasks: Sequence[str] | None = None,
+    embedding: Any = None,
+    baselines: bool = True,
+    reward_validity: bool = True,
+    batch_size: int = 16,
+    overwrite: bool = True,
+    run_info: dict[str, Any] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The model-agnostic core of :func:`evaluate_model` (``generate`` answers the prompts)."""
+    from cellduality.evaluation import plots
+    from cellduality.evaluation.reports import write_task_report
+    from cellduality.tasks import load_tasks
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CellDualityError(f"{out} already exists and is not empty; choose a new folder or allow overwriting.")
+    loaded = load_tasks(tasks_dir)
+    names = list(tasks or loaded)
+    unknown = [n for n in names if n not in loaded]
+    if unknown:
+        raise CellDualityError(f"task(s) {unknown} are not in {tasks_dir}; it has: {', '.join(loaded)}.")
+    inverse = load_inverse(tasks_dir)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        results: dict[str, dict[str, float]] = {}
+        scorers: dict[str, GenerativeScorer] = {}
+        for name in names:
+            task = loaded[name]
+            test = load_rows(tasks_dir, name, "test", max_examples, seed)
+            if not len(test):
+                continue
+            outputs = _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
+            parsed = [_safe(task.parse_primal, o) for o in outputs]
+            table = {"id": test.ids, "prompt": test.prompts, "output": outputs,
+                     "parsed": [_text(task, p) for p in parsed], "target": [_text(task, t) for t in test.targets]}
+            if task.kind == "classification":
+                metrics = score_classification(test, parsed)
+                table["correct"] = [float(task.ground_truth_score(t, p)) for t, p in zip(test.targets, parsed, strict=True)]
+                plots.confusion_png(M.confusion(test.targets, parsed, task.context.labels or None),
+                                    tmp / f"confusion_{name}.png", title=f"{name}: confusion")
+            else:
+                scorer = GenerativeScorer(task, load_rows(tasks_dir, name, "train"), test, inverse, embedding)
+                scorers[name] = scorer
+                metrics = scorer.score(parsed)
+                table["rwjs"] = [float(task.ground_truth_score(t, p)) if p else 0.0
+                                 for t, p in zip(test.targets, parsed, strict=True)]
+                embedded, valid = scorer.embed_predictions(parsed)
+                plots.embedding_png(scorer.real_test, embedded, tmp / f"embedding_{name}.png",
+                                    title=f"{name}: generated vs real test cells (PCA of the embedding)")
+            if reward_validity:
+                metrics.update(_reward_validity(task, test, outputs, parsed, generate, table, seed))
+            results[name] = metrics
+            _write_csv(table, tmp / f"predictions_{name}.csv")
+        base = run_baselines(tasks_dir, tasks=list(results), seed=seed, max_examples=max_examples,
+                             embedding=embedding, scorers=scorers) if baselines else {}
+        (tmp / "metrics.json").write_text(json.dumps(_jsonable(results), indent=1))
+        (tmp / "baselines.json").write_text(json.dumps(_jsonable(base), indent=1))
+        (tmp / "run.json").write_text(json.dumps({"tasks_dir": str(tasks_dir), "seed": seed,
+                                                  "max_examples": max_examples, **(run_info or {})}, indent=1))
+        write_task_report(results, tmp, baselines=base)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _generate_all(generate: GenerateFn, prompts: list[str], batch_size: int, label: str) -> list[str]:
+    """Batched generation with a progress bar; one ``generate`` call per batch."""
+    from rich.progress import Progress
+
+    outputs: list[str] = []
+    step = max(1, batch_size)
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(label, total=len(prompts))
+        for start in range(0, len(prompts), step):
+            batch = prompts[start : start + step]
+            answers = list(generate(batch))
+            if len(answers) != len(batch):
+                raise RuntimeError(f"generate returned {len(answers)} texts for {len(batch)} prompts")
+            outputs.extend(answers)
+            progress.advance(bar, len(batch))
+    return outputs
+
+
+def _reward_validity(task: Any, rows: TaskRows, outputs: list[str], parsed: list[Any], generate: GenerateFn,
+                     table: dict[str, list], seed: int) -> dict[str, float]:
+    from cellduality.rewards import DualityReward
+    from cellduality.tasks.base import dumps, format_response
+
+    reward = DualityReward({task.name: task}, generate)
+    columns = {"task": [task.name] * len(rows), "known": [dumps(k) for k in rows.known],
+               "unknown": [dumps(u) for u in rows.unknown], "seed": rows.seeds}
+    own = reward(rows.prompts, outputs, **columns)
+    table["duality_reward"] = own
+    out: dict[str, float] = {"duality_reward": float(np.mean(own))}
+    if task.kind == "classification":
+        out["reward_auc"] = M.reward_validity_auc(own, [c >= 1.0 for c in table["correct"]])
+    else:
+        out["reward_spearman"] = _spearman(own, table["rwjs"])
+    wrong = _wrong_answers(task, rows, seed)
+    keep = [i for i, w in enumerate(wrong) if w is not None]
+    if keep:
+        pick = lambda values: [values[i] for i in keep]  # noqa: E731
+        right = [format_response("", task.render_answer(rows.targets[i])) for i in keep]
+        bad = [format_response("", task.render_answer(wrong[i])) for i in keep]
+        both = {k: pick(v) * 2 for k, v in columns.items()}
+        scores = reward(pick(rows.prompts) * 2, right + bad, **both)
+        out["reward_auc_contrast"] = M.reward_validity_auc(scores, [True] * len(keep) + [False] * len(keep))
+    return out
+
+
+def _wrong_answers(task: Any, rows: TaskRows, seed: int) -> list[Any]:
+    """A seeded wrong answer per example (``None`` when there is none to pick)."""
+    rng = np.random.default_rng(seed)
+    if task.kind == "classification":
+        labels = list(task.context.labels)
+        out = []
+        for target in rows.targets:
+            others = [label for label in labels if label != str(target)]
+            out.append(others[rng.integers(len(others))] if others else None)
+        return out
+    conditions = rows.conditions(task)
+    out = []
+    for condition in conditions:
+        others = [j for j, c in enumerate(conditions) if c != condition]
+        out.append(rows.targets[others[rng.integers(len(others))]] if others else None)
+    return out
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return M.NAN
+    return float(spearmanr(a, b).statistic)
+
+
+def _safe(fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _text(task: Any, answer: Any) -> str:
+    if answer is None:
+        return ""
+    try:
+        return task.render_answer(answer)
+    except Exception:
+        return str(answer)
+
+
+def _write_csv(table: dict[str, list], path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame(table).to_csv(path, index=False)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN -> null so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
