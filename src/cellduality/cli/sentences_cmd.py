@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -39,7 +38,6 @@ def sentences(
     from cellduality.sentences import build_cell_sentences
 
     console = Console(stderr=True)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     adata, defaults = load_dataset(source)
     label_keys = list(label_key or []) or ([defaults["label_key"]] if defaults.get("label_key") else [])
     with console.status("ranking genes and fitting the inverse model..."):
@@ -54,6 +52,8 @@ def sentences(
             seed=seed, test_size=test_size, source=str(source))
     cells.save(out_dir)
     meta, fid = cells.meta, cells.meta["inverse_fidelity"]
+    for note in meta["gene_notes"]:
+        console.print(f"[yellow]Genes:[/] {note}", highlight=False)
     console.print(f"[green]Wrote[/] {meta['n_cells']} cell sentences to {out_dir} "
                   f"({meta['input_used']}; dropped {meta['n_dropped_empty']} empty cells).")
     console.print(f"Inverse (held-out): R² {fid['r2']}, Pearson {fid['pearson']}, Spearman {fid['spearman']} "
