@@ -10,6 +10,9 @@ import pytest
 from cellduality.paths import shared_data_dir
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting collapse on a shared, oversubscribed CPU (a tiny model step
+# measured 12x slower with 2 spinning threads than with 2 passive ones on this shared machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

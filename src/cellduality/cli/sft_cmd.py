@@ -22,6 +22,11 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT_DIR."),
     ) -> None:
         """Fine-tune a model on chain-of-thought SFT data (loss on completions only)."""
+        import os
+
+        # Spinning OpenMP threads collapse on an oversubscribed CPU (see docs/sft.md); must be set
+        # before torch starts its thread pool, i.e. before the first torch import below.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from rich.console import Console
 
         from cellduality.config import load_config, validate_config

@@ -89,10 +89,12 @@ def build_tokenizer(
     """Train the gene-aware tokenizer on ``texts`` and give every symbol in ``genes`` one token.
 
     ``vocab_size`` bounds the learnt BPE part only; the final vocabulary is that plus two entries
-    per gene (``"CD4"`` and ``" CD4"``) and the tags. Genes that the pre-tokenizer would cut
-    (characters other than letters, digits and inner ``- . _``) raise ``ValueError``.
+    per gene (``"CD4"`` and ``" CD4"``) and the tags. A symbol the pre-tokenizer would cut
+    (characters other than letters, digits and inner ``- . _``; none of GENCODE v44's 61,267
+    names) cannot be one token: it is left to BPE (still exact, just several tokens) with a warning.
     """
     import json
+    import warnings
 
     from tokenizers import Regex, Tokenizer, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -101,7 +103,11 @@ def build_tokenizer(
     splitter = pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="isolated")
     bad = [g for g in gene_list if len(splitter.pre_tokenize_str(" " + g)) != 1]
     if bad:
-        raise ValueError(f"Gene symbols the tokenizer cannot keep whole: {bad[:5]} (letters, digits, inner -._ only)")
+        warnings.warn(
+            f"{len(bad)} gene symbols contain characters that split them into several tokens, e.g. {bad[:3]}",
+            stacklevel=2,
+        )
+        gene_list = [g for g in gene_list if g not in set(bad)]
 
     tok = _base_tokenizer()
     trainer = trainers.BpeTrainer(
@@ -113,14 +119,17 @@ def build_tokenizer(
     )
     tok.train_from_iterator(texts, trainer=trainer)
 
-    # Rebuild the BPE model with every gene and tag as a whole-piece vocabulary entry.
+    # Rebuild the BPE model with every gene and tag as a whole-piece vocabulary entry, and drop
+    # the merges that would build a gene token out of a longer piece (CD4 inside CD44 or CD4-AS1):
+    # a gene token then only ever stands for the whole symbol.
     state = json.loads(tok.to_str())
     vocab: dict[str, int] = state["model"]["vocab"]
-    for word in (*TAGS, *gene_list):
-        for form in (word, " " + word):
-            entry = byte_level(form)
-            if entry not in vocab:
-                vocab[entry] = len(vocab)
+    whole = {byte_level(form) for word in (*TAGS, *gene_list) for form in (word, " " + word)}
+    for entry in sorted(whole):
+        if entry not in vocab:
+            vocab[entry] = len(vocab)
+    merges = [m.split(" ") if isinstance(m, str) else m for m in state["model"]["merges"]]
+    state["model"]["merges"] = [m for m in merges if m[0] + m[1] not in whole]
     state["model"]["vocab"] = vocab
     state["model"]["ignore_merges"] = True
     tok = Tokenizer.from_str(json.dumps(state))

@@ -194,41 +194,58 @@ def _sft_config(settings: SFTSettings, out_dir: Path, has_eval: bool):
     )
 
 
-def run_sft(
+def build_sft_trainer(
     sft_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    settings: SFTSettings | None = None,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Fine-tune ``settings.model`` on ``sft_dir`` and leave a CellDuality model in ``out_dir``.
+    settings: SFTSettings,
+    checkpoint: Path | None = None,
+    callbacks: list[Any] | None = None,
+):
+    """The configured ``SFTTrainer`` (data formatted, model and tokenizer built), not yet trained.
 
-    Returns a summary (steps, final loss, tokens seen, parameters, wall time) that is also written
-    to ``OUT_DIR/sft_summary.json``.
+    Exposed so benchmarks and tests exercise exactly the trainer ``cellduality sft`` runs.
     """
     from trl import SFTTrainer
 
-    from cellduality.models.loading import save_cellduality_model
-
-    settings = settings or SFTSettings()
-    sft_path, out = Path(sft_dir), Path(out_dir)
+    sft_path = Path(sft_dir)
     data = load_sft_data(sft_path)
-    checkpoint = prepare_output_dir(out, resume)
     model, tokenizer = _model_and_tokenizer(settings, sft_path, data, checkpoint)
-
     train = _as_training_rows(data["train"], tokenizer)
     eval_data = None
     if "test" in data and len(data["test"]) and settings.eval_steps:
         test = data["test"].select(range(min(settings.max_eval_rows, len(data["test"]))))
         eval_data = _as_training_rows(test, tokenizer)
-    args = _sft_config(settings, out, eval_data is not None)
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
-        args=args,
+        args=_sft_config(settings, Path(out_dir), eval_data is not None),
         train_dataset=train,
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora_overrides()) if settings.lora else None,
+        callbacks=callbacks,
     )
+
+
+def run_sft(
+    sft_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    settings: SFTSettings | None = None,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``settings.model`` on ``sft_dir`` and leave a CellDuality model in ``out_dir``.
+
+    Returns a summary (steps, first/final loss, tokens seen, parameters, wall time) that is also
+    written to ``OUT_DIR/sft_summary.json``. ``callbacks`` are extra ``TrainerCallback``s.
+    """
+    from cellduality.models.loading import save_cellduality_model
+
+    settings = settings or SFTSettings()
+    sft_path, out = Path(sft_dir), Path(out_dir)
+    load_sft_data(sft_path)  # fail on a bad input folder before touching OUT_DIR
+    checkpoint = prepare_output_dir(out, resume)
+    trainer = build_sft_trainer(sft_path, out, settings, checkpoint, callbacks)
+    tokenizer = trainer.processing_class
     use_rich_progress(trainer)
     started = time.perf_counter()
     start_step = resumed_steps(checkpoint)
@@ -244,7 +261,7 @@ def run_sft(
         "steps": trainer.state.global_step,
         "steps_this_run": trainer.state.global_step - start_step,
         "resumed_from": str(checkpoint) if checkpoint else None,
-        "train_rows": len(train),
+        "train_rows": len(trainer.train_dataset),
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "train_loss": result.training_loss,
@@ -271,4 +288,3 @@ def run_sft(
         os.replace(tmp, out / SUMMARY_FILE)
     trainer.accelerator.wait_for_everyone()
     return summary
-
