@@ -254,7 +254,7 @@ GW_INITS = ("best", "product")
 
 
 def gw_distance(
-    real: Any, generated: Any = None, *, init: str = "best", max_iter: int = 1000, tol: float = 1e-9
+    real: Any, generated: Any = None, *, init: str = "product", max_iter: int = 1000, tol: float = 1e-9
 ) -> float:
     """Gromov-Wasserstein discrepancy between the two clouds' Euclidean distance matrices.
 
@@ -264,13 +264,12 @@ def gw_distance(
     change of the loss < ``tol``). The problem is non-convex, so the value is that of a local
     minimum and depends on where the solver starts:
 
-    * ``init="product"``: POT's default start ``T0 = p qᵀ``; same iterates as POT's solver.
-    * ``init="best"`` (default): start from whichever of two couplings has the lower GW loss:
-      the first vertex POT's solver visits from ``p qᵀ`` (below), or the exact Wasserstein plan
-      between the clouds (they share an embedding, so nearby cells are a natural match). Only a
-      lower starting loss is accepted, and conditional gradient never increases the loss, so
-      on the benchmark data this lands on a lower (closer to the global) minimum in a third of
-      the iterations; an isometric copy still gives 0.
+    * ``init="product"`` (default): POT's default start ``T0 = p qᵀ``; the same iterates, hence
+      the same value, as ``ot.gromov.gromov_wasserstein2``.
+    * ``init="best"``: start from whichever has the lower GW loss of the first vertex of the
+      product path and the exact Wasserstein plan between the clouds (they share an embedding).
+      Often fewer iterations, but a different start can end in a different local minimum
+      (measured: from 0.6% higher to 2.8% lower than the default), so it is opt-in.
 
     Faster than ``gromov_wasserstein2`` without changing any iterate: at ``p qᵀ`` the gradient
     is ``a_i + b_j − u_i w_j``, so the first linear sub-problem is a 1-D transport between ``u``
