@@ -4,7 +4,7 @@
 
 All methods convert the same CSR matrix (random counts, ~density nonzero) into full-length
 sentences (every nonzero gene, most expressed first). cell2sentence's ``generate_sentences`` is
-timed when the package imports, on at most ``--c2s-cells`` cells (it is a per-cell loop, so its
+timed when the package imports (its tqdm bar goes to stderr), on at most ``--c2s-cells`` cells (it is a per-cell loop, so its
 rate does not depend on the number of cells). Peak memory is measured with tracemalloc (NumPy
 reports its buffers to it) and compared to the input matrix (data + indices + indptr).
 Prints figures only; nothing is asserted.
@@ -58,13 +58,20 @@ def naive(adata) -> list[str]:
 
 
 def timed(fn, *args):
-    tracemalloc.start()
+    """Wall time without tracing (tracemalloc would slow Python-heavy loops far more than NumPy)."""
     start = time.perf_counter()
     result = fn(*args)
-    seconds = time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
+def traced(fn, *args) -> tuple[int, int]:
+    """(peak, still allocated at the end) bytes seen by tracemalloc during ``fn(*args)``."""
+    tracemalloc.start()
+    result = fn(*args)
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return result, seconds, peak, current
+    del result
+    return peak, current
 
 
 def main() -> None:
@@ -88,15 +95,16 @@ def main() -> None:
     print(f"matrix: {args.cells:,} cells x {args.genes:,} genes, {matrix.nnz:,} nonzero "
           f"({matrix.nnz / args.cells / args.genes:.1%}), {input_bytes / 2**20:.0f} MiB")
 
-    ours, seconds, peak, kept = timed(to_sentences, adata, None, 0)
+    ours, seconds = timed(to_sentences, adata, None, 0)
     rate = args.cells / seconds
+    peak, kept = traced(to_sentences, adata, None, 0)
     print(f"cellduality.to_sentences: {seconds:.2f} s, {rate:,.0f} cells/s; peak traced memory "
           f"{peak / 2**20:.0f} MiB = {peak / input_bytes:.2f}x input, of which the returned sentences "
           f"{kept / 2**20:.0f} MiB and working memory {(peak - kept) / 2**20:.0f} MiB "
           f"= {(peak - kept) / input_bytes:.2f}x input")
 
     sub = adata[: args.naive_cells].copy()
-    slow, seconds, _, _ = timed(naive, sub)
+    slow, seconds = timed(naive, sub)
     naive_rate = sub.n_obs / seconds
     assert slow == ours[: sub.n_obs], "naive loop and to_sentences disagree"
     print(f"naive per-cell loop:      {naive_rate:,.0f} cells/s on {sub.n_obs:,} cells "
@@ -109,7 +117,7 @@ def main() -> None:
         return
     sub = adata[: args.c2s_cells].copy()
     vocab = generate_vocabulary(sub)
-    theirs, seconds, _, _ = timed(generate_sentences, sub, vocab)
+    theirs, seconds = timed(generate_sentences, sub, vocab)
     c2s_rate = sub.n_obs / seconds
     same_sets = all(set(a.split()) == set(b.split()) for a, b in zip(theirs, ours, strict=False))
     print(f"cell2sentence 1.2.0 generate_sentences: {c2s_rate:,.0f} cells/s on {sub.n_obs:,} cells "

@@ -70,6 +70,8 @@ def test_sentences_command_perturbation_keys_and_dropped_empty_cells(capsys, tmp
     assert meta["perturbation_key"] == "condition" and meta["control_value"] == "control"
     assert "dropped 2 empty cells" in text.replace("\n", " ")
     assert "c3" not in datasets.load_from_disk(str(tmp_path / "o"))["cell_id"]
+    controls = json.loads((tmp_path / "o" / "splits.json").read_text())["controls"]
+    assert len(controls) == 38 and sum(c == -1 for c in controls) >= 19
 
 
 def test_datasets_list_prints_the_registry(capsys):

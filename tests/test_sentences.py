@@ -171,6 +171,16 @@ def test_inverse_beats_cell2sentence_line_on_kang2018(data_dir):
     from cellduality.datasets import load_shared
 
     adata, spec = load_shared("kang2018", data_dir)
-    fid = build_cell_sentences(adata, label_keys=[spec.label_key]).meta["inverse_fidelity"]
+    cells = build_cell_sentences(adata, label_keys=[spec.label_key], perturbation_key=spec.perturbation_key,
+                                 control_value=spec.control_value, group_key=spec.group_key)
+    fid = cells.meta["inverse_fidelity"]
     # reference: cell2sentence 1.2.0's fit gives R2 0.79 / Pearson 0.89 on Kang 2018
     assert fid["c2s_linear"]["r2"] < 0.82 and fid["r2"] > 0.9 and fid["pearson"] > 0.95
+    # controls: same cell type, same split, control condition; -1 exactly for controls
+    obs, pairs = cells.obs, cells.controls
+    is_control = (obs["condition"] == "control").to_numpy()
+    assert (pairs[is_control] == -1).all() and (pairs[~is_control] >= 0).all()
+    assert is_control[pairs[~is_control]].all()
+    assert (obs["cell_type"].to_numpy()[pairs[~is_control]] == obs["cell_type"].to_numpy()[~is_control]).all()
+    in_test = np.isin(np.arange(len(obs)), cells.splits["test"])
+    assert (in_test[pairs[~is_control]] == in_test[~is_control]).all()

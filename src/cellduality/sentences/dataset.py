@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellduality.datasets.splits import stratified_split
+from cellduality.datasets.splits import pair_controls, stratified_split
 from cellduality.errors import CellDualityError, InputDataError
 from cellduality.sentences.genes import resolve_symbols
 from cellduality.sentences.inverse import InverseModel, fidelity, ranked_observations
@@ -52,6 +52,10 @@ class CellSentenceDataset:
         self.vocabulary = vocabulary
         self.inverse = inverse
         self.splits = {k: np.asarray(v, dtype=np.int64) for k, v in splits.items() if k in ("train", "test")}
+        #: for perturbation data: row of a seeded random control of the same group *in the same split*
+        #: for each perturbed cell, -1 for controls (None without perturbation_key/control_value)
+        controls = splits.get("controls")
+        self.controls = None if controls is None else np.asarray(controls, dtype=np.int64)
         self._sentences: list[str] | None = None
         self._obs: pd.DataFrame | None = None
 
@@ -102,7 +106,8 @@ class CellSentenceDataset:
             (tmp / VOCAB_FILE).write_text(json.dumps(self.vocabulary))
             (tmp / SPLITS_FILE).write_text(json.dumps({
                 "train": self.splits["train"].tolist(), "test": self.splits["test"].tolist(),
-                "seed": self.meta.get("seed"), "stratify": self.meta.get("stratify")}))
+                "seed": self.meta.get("seed"), "stratify": self.meta.get("stratify"),
+                **({"controls": self.controls.tolist()} if self.controls is not None else {})}))
             if self.inverse is not None:
                 self.inverse.save(tmp / INVERSE_FILE)
             old = None
@@ -212,6 +217,15 @@ def build_cell_sentences(
 
     stratify = label_keys[0] if label_keys else perturbation_key
     splits = stratified_split(obs[stratify].to_numpy() if stratify else None, test_size, seed, n=len(obs))
+
+    if perturbation_key and control_value is not None:
+        # pair within each split so a test cell's control is never a training cell
+        controls = np.full(len(obs), -1, dtype=np.int64)
+        for part in (splits["train"], splits["test"]):
+            if part.size and (obs[perturbation_key].iloc[part].astype(str) == str(control_value)).any():
+                local = pair_controls(obs.iloc[part], perturbation_key, str(control_value), group_key, seed)
+                controls[part] = np.where(local >= 0, part[np.maximum(local, 0)], -1)
+        splits = {**splits, "controls": controls}
 
     expr = normalised_expression(matrix, chosen.kind)
     _, rank, gene, values = ranked_observations(indptr, genes, expr, splits["train"])

@@ -1,14 +1,15 @@
 """The fast core: rank the nonzero genes of every cell of a CSR matrix and join them into sentences.
 
 Why it is fast without a per-cell loop: every nonzero entry gets one ``uint64`` sort key
-``(row within block | descending value bits | seeded gene rank)``. Sorting the keys of a block of
-rows orders each cell's genes by expression (highest first), breaks ties by a seeded permutation
-of the genes, and keeps rows apart; the gene index is recovered from the low bits, so no
-``argsort`` (and no gather of the values) is needed. Blocks hold ~``_BLOCK_NNZ`` entries, which
-keeps the sort in cache and the extra memory far below the size of the input matrix.
+``(descending float32 value bits | seeded gene rank)``. A block of rows is laid out as a
+rows x (longest row) table of keys padded with the largest key, and ``ndarray.sort(axis=1)``
+sorts each short row in cache with NumPy's SIMD sort: each cell's genes end up ordered by
+expression (highest first) with ties broken by a seeded permutation of the genes, and the gene
+index is read back from the low bits (no ``argsort``, no gather of values). Blocks hold about
+``_BLOCK_NNZ`` entries, so the working memory stays far below the size of the input matrix.
 
-The sentences are assembled as bytes with NumPy (a gather from one buffer of gene names) and
-split into Python strings once per block.
+Sentences are assembled as bytes: a gather from a zero-padded fixed-width table of gene names,
+the padding removed with one ``bytes.replace``, then one decode and split per block.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-_BLOCK_NNZ = 1 << 16  # key-table cells sorted per block; small enough to stay in cache
+_BLOCK_NNZ = 1 << 17  # entries ranked per block: bounds the working memory
 _VALUE_BITS = 32  # values are ranked through their float32 bit pattern
 
 
@@ -46,12 +47,12 @@ def tie_order(n_genes: int, seed: int) -> np.ndarray:
 
 def ranked_blocks(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(rows, counts, genes)`` for blocks of rows that together cover every row once.
+    """Yield ``(rows, counts, genes)`` for consecutive blocks of rows that cover every row once.
 
     ``genes`` holds the ranked column indices of ``rows[0]``, then ``rows[1]``, ... (``counts[i]``
     of them for ``rows[i]``): highest value first, explicit zeros dropped, ties ordered by a
-    permutation of the columns seeded by ``seed``, at most ``top_k`` per row. Rows are visited in
-    order of their number of entries, so each block is a tight rows x width table of sort keys.
+    permutation of the columns seeded by ``seed``, at most ``top_k`` per row. Each block is a
+    rows x (longest row) table of sort keys, padded with the largest key, sorted along rows.
     """
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be >= 1 or None")
@@ -64,44 +65,46 @@ def ranked_blocks(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100,
         yield np.arange(n_rows), np.diff(indptr), genes
         return
     gene_of_order = np.argsort(order)
+    order_keys = order.astype(np.uint64)
     non_negative = matrix.data.size == 0 or float(matrix.data.min()) >= 0
+    has_zeros = matrix.data.size > 0 and not matrix.data.all()
     indptr = matrix.indptr.astype(np.int64)
-    entries = np.diff(indptr)
-    by_size = np.argsort(entries, kind="stable")
-    sorted_entries = entries[by_size]
-    ends = np.cumsum(sorted_entries)
     shift_value, mask_gene, padding = np.uint64(gene_bits), np.uint64((1 << gene_bits) - 1), np.uint64(2**64 - 1)
     start = 0
     while start < n_rows:
-        # ~_BLOCK_NNZ table cells per block (rows have similar sizes, so little padding)
-        width = max(int(sorted_entries[start]), 1)
-        stop = int(np.searchsorted(ends, ends[start] - sorted_entries[start] + _BLOCK_NNZ, side="right"))
+        # ~_BLOCK_NNZ entries per block; halve the block while padding to the longest row costs too much
+        stop = int(np.searchsorted(indptr, indptr[start] + _BLOCK_NNZ, side="right")) - 1
         stop = min(max(stop, start + 1), n_rows)
-        while stop - start > 1 and (stop - start) * int(sorted_entries[stop - 1]) > 4 * _BLOCK_NNZ:
-            stop = start + max(1, (stop - start) // 2)
-        rows = by_size[start:stop]
-        counts = entries[rows]
+        counts = np.diff(indptr[start:stop + 1])
         width = int(counts.max(initial=0))
+        while stop - start > 1 and (stop - start) * width > 4 * _BLOCK_NNZ:
+            stop = start + (stop - start) // 2
+            counts = counts[: stop - start]
+            width = int(counts.max(initial=0))
+        rows = np.arange(start, stop)
+        lo, hi = indptr[start], indptr[stop]
         start = stop
         if width == 0:
             yield rows, counts, np.zeros(0, dtype=np.intp)
             continue
-        first = np.cumsum(counts) - counts
-        local = np.repeat(np.arange(rows.size), counts)
-        position = np.arange(int(counts.sum())) - first[local]
-        source = indptr[rows][local] + position
-        data, cols = matrix.data[source], matrix.indices[source]
+        data = matrix.data[lo:hi]
         if non_negative:  # float bits of x >= 0 grow with x; flip them for descending order
             vbits = ~np.ascontiguousarray(data, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
         else:
             vbits = _descending_value_bits(data)
         keys = vbits.astype(np.uint64) << shift_value
-        keys |= order[cols].astype(np.uint64)
-        keys[data == 0] = padding  # explicit zeros sort last and are cut below
-        table = np.full((rows.size, width), padding, dtype=np.uint64)
-        table[local, position] = keys
+        keys |= order_keys[matrix.indices[lo:hi]]
+        local = np.repeat(np.arange(rows.size), counts)
+        kept = counts
+        if has_zeros:
+            zero = data == 0
+            if zero.any():  # explicit zeros become padding and are cut below
+                keys[zero] = padding
+                kept = counts - np.bincount(local[zero], minlength=rows.size)
+        table = np.full(rows.size * width, padding, dtype=np.uint64)
+        table[np.arange(hi - lo) + (local * width - (indptr[rows] - lo)[local])] = keys
+        table = table.reshape(rows.size, width)
         table.sort(axis=1)  # many short rows: small in-cache SIMD sorts
-        kept = counts - np.bincount(local[data == 0], minlength=rows.size) if (data == 0).any() else counts
         if top_k is not None:
             kept = np.minimum(kept, top_k)
             table = table[:, :top_k]
@@ -170,11 +173,10 @@ class SentenceJoiner:
         """Sentences of consecutive rows with ``counts[i]`` ranked genes each (``""`` when 0)."""
         if genes.size == 0:
             return [""] * counts.size
-        block = self._table[genes]
+        block = np.take(self._table, genes, axis=0)
         last = np.cumsum(counts)[counts > 0] - 1
         block[last, self._lengths[genes[last]] - 1] = ord("\n")  # a row's last space ends its line
-        flat = block.ravel()
-        lines = flat[flat != 0].tobytes().decode("utf-8").split("\n")[:-1]
+        lines = block.tobytes().replace(b"\0", b"").decode("utf-8").split("\n")[:-1]
         if counts.min() > 0:
             return lines
         out = np.full(counts.size, "", dtype=object)
