@@ -299,3 +299,17 @@ def test_dual_generation_through_the_vllm_server():
                                  format_prompt=lambda t, p: p)
     assert fn(["IL7R cell", "NKG7 cell"]) == ["<answer> IL7R </answer>", "<answer> NKG7 </answer>"]
     assert calls == [([[4, 9], [5, 9]], 1, 0.5, 5)]
+
+
+def test_greedy_dual_generation_runs_each_distinct_prompt_once():
+    from cellduality.training.grpo_policy import unique_prompts
+
+    seen = []
+
+    def generate(prompts):
+        seen.append(list(prompts))
+        return [p.upper() for p in prompts]
+
+    fn = unique_prompts(generate)
+    assert fn(["a", "b", "a", "c", "b"]) == ["A", "B", "A", "C", "B"]
+    assert seen == [["a", "b", "c"]]

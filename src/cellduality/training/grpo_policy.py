@@ -39,12 +39,30 @@ def policy_generate_fn(
     if getattr(trainer, "use_vllm", False):
         engine = trainer.vllm_generation
         if trainer.args.vllm_mode == "colocate":
-            return vllm_colocate_generate_fn(engine.llm, tokenizer, max_new_tokens=max_new_tokens,
-                                             temperature=temperature, format_prompt=fmt)
-        return vllm_server_generate_fn(engine, trainer.accelerator, tokenizer, max_new_tokens=max_new_tokens,
-                                       temperature=temperature, format_prompt=fmt)
-    return transformers_generate_fn(trainer, tokenizer, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, format_prompt=fmt)
+            fn = vllm_colocate_generate_fn(engine.llm, tokenizer, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, format_prompt=fmt)
+        else:
+            fn = vllm_server_generate_fn(engine, trainer.accelerator, tokenizer, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, format_prompt=fmt)
+    else:
+        fn = transformers_generate_fn(trainer, tokenizer, max_new_tokens=max_new_tokens,
+                                      temperature=temperature, format_prompt=fmt)
+    return unique_prompts(fn) if temperature == 0 else fn
+
+
+def unique_prompts(generate: GenerateFn) -> GenerateFn:
+    """Generate each distinct prompt once (greedy decoding gives equal prompts equal answers).
+
+    Within a GRPO group the G primal answers of a classification prompt often name the same
+    label, so their dual prompts coincide; deduplicating them cuts the dual pass by up to G x.
+    """
+
+    def generate_unique(prompts: list[str]) -> list[str]:
+        distinct = list(dict.fromkeys(prompts))
+        answers = dict(zip(distinct, generate(distinct), strict=True))
+        return [answers[p] for p in prompts]
+
+    return generate_unique
 
 
 def _prompt_ids(tokenizer: Any, prompts: Sequence[str], fmt: FormatFn) -> list[list[int]]:
