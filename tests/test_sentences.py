@@ -184,3 +184,15 @@ def test_inverse_beats_cell2sentence_line_on_kang2018(data_dir):
     assert (obs["cell_type"].to_numpy()[pairs[~is_control]] == obs["cell_type"].to_numpy()[~is_control]).all()
     in_test = np.isin(np.arange(len(obs)), cells.splits["test"])
     assert (in_test[pairs[~is_control]] == in_test[~is_control]).all()
+
+
+def test_threads_and_blocks_give_the_same_sentences(monkeypatch):
+    import cellduality.sentences.ranking as ranking
+
+    rng = np.random.default_rng(5)
+    dense = rng.poisson(0.7, (300, 60)).astype(np.float32)
+    adata = make_adata(dense)
+    expected = independent_sentences(dense, list(adata.var_names), 7, 3)
+    monkeypatch.setattr(ranking, "_BLOCK_NNZ", 64)  # many small blocks
+    assert to_sentences(adata, top_k=7, seed=3) == expected
+    assert to_sentences(adata, top_k=7, seed=3, threads=3) == expected

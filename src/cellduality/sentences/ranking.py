@@ -45,71 +45,93 @@ def tie_order(n_genes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_genes).astype(np.int64)
 
 
-def ranked_blocks(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(rows, counts, genes)`` for consecutive blocks of rows that cover every row once.
+class BlockRanker:
+    """Ranks blocks of rows of one CSR matrix; blocks are independent, so threads can share one.
 
-    ``genes`` holds the ranked column indices of ``rows[0]``, then ``rows[1]``, ... (``counts[i]``
-    of them for ``rows[i]``): highest value first, explicit zeros dropped, ties ordered by a
-    permutation of the columns seeded by ``seed``, at most ``top_k`` per row. Each block is a
-    rows x (longest row) table of sort keys, padded with the largest key, sorted along rows.
+    The ranked column indices of a row are ordered highest value first, explicit zeros dropped,
+    ties ordered by a permutation of the columns seeded by ``seed``, at most ``top_k`` per row.
+    Each block is a rows x (longest row) table of sort keys, padded with the largest key, sorted
+    along rows.
     """
-    if top_k is not None and top_k < 1:
-        raise ValueError("top_k must be >= 1 or None")
-    matrix = sp.csr_matrix(matrix)
-    n_rows, n_genes = matrix.shape
-    order = tie_order(n_genes, seed)
-    gene_bits = max(1, int(n_genes - 1).bit_length())
-    if gene_bits > 64 - _VALUE_BITS or not _float32_is_exact(matrix.data):
-        indptr, genes = _rank_csr_lexsort(matrix, top_k, order)
-        yield np.arange(n_rows), np.diff(indptr), genes
-        return
-    gene_of_order = np.argsort(order)
-    order_keys = order.astype(np.uint64)
-    non_negative = matrix.data.size == 0 or float(matrix.data.min()) >= 0
-    has_zeros = matrix.data.size > 0 and not matrix.data.all()
-    indptr = matrix.indptr.astype(np.int64)
-    shift_value, mask_gene, padding = np.uint64(gene_bits), np.uint64((1 << gene_bits) - 1), np.uint64(2**64 - 1)
-    start = 0
-    while start < n_rows:
-        # ~_BLOCK_NNZ entries per block; halve the block while padding to the longest row costs too much
-        stop = int(np.searchsorted(indptr, indptr[start] + _BLOCK_NNZ, side="right")) - 1
-        stop = min(max(stop, start + 1), n_rows)
+
+    def __init__(self, matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0) -> None:
+        if top_k is not None and top_k < 1:
+            raise ValueError("top_k must be >= 1 or None")
+        self.matrix = matrix = sp.csr_matrix(matrix)
+        self.top_k = top_k
+        n_genes = matrix.shape[1]
+        self.order = tie_order(n_genes, seed)
+        self.gene_bits = max(1, int(n_genes - 1).bit_length())
+        self.exact_path = self.gene_bits > 64 - _VALUE_BITS or not _float32_is_exact(matrix.data)
+        self.gene_of_order = np.argsort(self.order)
+        self.order_keys = self.order.astype(np.uint64)
+        self.non_negative = matrix.data.size == 0 or float(matrix.data.min()) >= 0
+        self.has_zeros = matrix.data.size > 0 and not matrix.data.all()
+        self.indptr = matrix.indptr.astype(np.int64)
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """Row blocks of ~_BLOCK_NNZ entries, halved while padding to the longest row costs too much."""
+        n_rows, indptr = self.matrix.shape[0], self.indptr
+        if self.exact_path:
+            return [(0, n_rows)]
+        out, start = [], 0
+        while start < n_rows:
+            stop = int(np.searchsorted(indptr, indptr[start] + _BLOCK_NNZ, side="right")) - 1
+            stop = min(max(stop, start + 1), n_rows)
+            width = int(np.diff(indptr[start:stop + 1]).max(initial=0))
+            while stop - start > 1 and (stop - start) * width > 4 * _BLOCK_NNZ:
+                stop = start + (stop - start) // 2
+                width = int(np.diff(indptr[start:stop + 1]).max(initial=0))
+            out.append((start, stop))
+            start = stop
+        return out
+
+    def rank(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, counts, genes)``: ``genes`` holds row ``rows[0]``'s ranked columns, then ``rows[1]``'s..."""
+        rows = np.arange(start, stop)
+        if self.exact_path:
+            sub = self.matrix[start:stop]
+            indptr, genes = _rank_csr_lexsort(sub, self.top_k, self.order)
+            return rows, np.diff(indptr), genes
+        indptr, top_k = self.indptr, self.top_k
         counts = np.diff(indptr[start:stop + 1])
         width = int(counts.max(initial=0))
-        while stop - start > 1 and (stop - start) * width > 4 * _BLOCK_NNZ:
-            stop = start + (stop - start) // 2
-            counts = counts[: stop - start]
-            width = int(counts.max(initial=0))
-        rows = np.arange(start, stop)
-        lo, hi = indptr[start], indptr[stop]
-        start = stop
         if width == 0:
-            yield rows, counts, np.zeros(0, dtype=np.intp)
-            continue
-        data = matrix.data[lo:hi]
-        if non_negative:  # float bits of x >= 0 grow with x; flip them for descending order
+            return rows, counts, np.zeros(0, dtype=np.intp)
+        lo, hi = indptr[start], indptr[stop]
+        data = self.matrix.data[lo:hi]
+        gene_bits = self.gene_bits
+        padding = np.uint64(2**64 - 1)
+        if self.non_negative:  # float bits of x >= 0 grow with x; flip them for descending order
             vbits = ~np.ascontiguousarray(data, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
         else:
             vbits = _descending_value_bits(data)
-        keys = vbits.astype(np.uint64) << shift_value
-        keys |= order_keys[matrix.indices[lo:hi]]
+        keys = vbits.astype(np.uint64) << np.uint64(gene_bits)
+        keys |= self.order_keys[self.matrix.indices[lo:hi]]
         local = np.repeat(np.arange(rows.size), counts)
         kept = counts
-        if has_zeros:
+        if self.has_zeros:
             zero = data == 0
             if zero.any():  # explicit zeros become padding and are cut below
                 keys[zero] = padding
                 kept = counts - np.bincount(local[zero], minlength=rows.size)
         table = np.full(rows.size * width, padding, dtype=np.uint64)
-        table[np.arange(hi - lo) + (local * width - (indptr[rows] - lo)[local])] = keys
+        table[np.arange(hi - lo) + (local * width - (indptr[start:stop] - lo)[local])] = keys
         table = table.reshape(rows.size, width)
         table.sort(axis=1)  # many short rows: small in-cache SIMD sorts
         if top_k is not None:
             kept = np.minimum(kept, top_k)
             table = table[:, :top_k]
         ranked = table[np.arange(table.shape[1])[None, :] < kept[:, None]]
-        yield rows, kept, gene_of_order[(ranked & mask_gene).astype(np.intp)]
+        return rows, kept, self.gene_of_order[(ranked & np.uint64((1 << gene_bits) - 1)).astype(np.intp)]
+
+
+def ranked_blocks(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(rows, counts, genes)`` for consecutive blocks of rows covering every row once."""
+    ranker = BlockRanker(matrix, top_k, seed)
+    for start, stop in ranker.bounds():
+        yield ranker.rank(start, stop)
 
 
 def rank_csr(matrix: sp.csr_matrix | sp.csr_array, top_k: int | None = 100, seed: int = 0
