@@ -70,6 +70,11 @@ def test_settings_reject_typos_and_impossible_batches(tmp_path):
     assert GRPOSettings(report_to="wandb").report_to == ["wandb"]
 
 
+def test_task_weight_typos_are_errors(tasks_dir, sft_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown tasks"):
+        dry_run(tasks_dir, tmp_path / "o", sft_dir, GRPOSettings(task_weights={"anotation": 1}))
+
+
 def test_cpu_config_is_cpu_safe_and_derives_accumulation(tmp_path):
     config = build_grpo_config(GRPOSettings(num_generations=8, prompts_per_step=4, per_device_train_batch_size=8,
                                             epsilon=0.3, beta=0.1), tmp_path, target="cpu")
@@ -85,8 +90,7 @@ SHIPPED = sorted(p.relative_to(REPO) for p in [*REPO.glob("configs/grpo*.yaml"),
 def test_shipped_configs_dry_run(relative, tasks_dir, sft_dir, tmp_path):
     settings = load_config(GRPOSettings, REPO / relative)
     processes = 7 if settings.vllm_mode == "server" and settings.use_vllm else (8 if settings.use_vllm else 1)
-    summary = dry_run(tasks_dir, tmp_path / "out", sft_dir, settings.model_copy(update={"task_weights": {}}),
-                      n_processes=processes)
+    summary = dry_run(tasks_dir, tmp_path / "out", sft_dir, settings, n_processes=processes)
     assert summary["generation_batch_size"] == settings.prompts_per_step * settings.num_generations
     assert summary["generation_batch_size"] % settings.num_generations == 0
     assert summary["dataset"] == ("rl" if settings.reward == "duality" else "rl_oracle")

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, help="YAML of GRPO settings, e.g. configs/grpo.yaml."),
         resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
         dry_run: bool = typer.Option(False, help="Resolve config, data and model folder, then stop (no training)."),
+        num_processes: int | None = typer.Option(None, min=1, help="--dry-run only: resolve for this many processes "
+                                                 "(e.g. 8 GPUs); a real run takes it from accelerate."),
     ) -> None:
         """Train the SFT model with GRPO on unlabeled prompts, rewarded by task duality (paper §3.4)."""
         from rich.console import Console
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         settings = load_config(GRPOSettings, config, reward=reward, max_steps=max_steps)
         if dry_run:
-            summary = do_dry_run(rl_dir, out_dir, sft_model, settings)
+            summary = do_dry_run(rl_dir, out_dir, sft_model, settings, n_processes=num_processes)
             console.print_json(json.dumps(summary, default=str))
             return
         if sft_model is None:

@@ -178,6 +178,9 @@ def load_rl_dataset(dataset_dir: Path, mode: RewardMode, split: str = "train") -
 def mix_tasks(dataset: Any, weights: dict[str, float], seed: int) -> Any:
     """Re-weight the task mixture of ``dataset`` (same size; tasks sampled by weight, seeded).
 
+    Tasks without a weight count 1; weighted tasks absent from this data are ignored (one config
+    serves several datasets), but a name that is no task at all is an error.
+
     Uses the tasks builder's own mixing rule (:func:`cellduality.tasks.builders.mixture_counts`).
     """
     import numpy as np
@@ -186,11 +189,16 @@ def mix_tasks(dataset: Any, weights: dict[str, float], seed: int) -> Any:
 
     if not weights:
         return dataset
+    from cellduality.tasks import TASKS
+
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ConfigError(f"task_weights names unknown tasks {unknown}; choose from {sorted(TASKS)}.")
     names = dataset["task"]
     present = sorted(set(names))
-    unknown = sorted(set(weights) - set(present))
-    if unknown:
-        raise ConfigError(f"task_weights names tasks that are not in the RL set: {unknown} (present: {present}).")
+    weights = {t: w for t, w in weights.items() if t in present}  # a shared config may name absent tasks
+    if not weights:
+        return dataset
     rows_of = {t: [i for i, n in enumerate(names) if n == t] for t in present}
     counts = mixture_counts({t: len(r) for t, r in rows_of.items()}, weights)
     rng = np.random.default_rng(seed)
