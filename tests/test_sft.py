@@ -139,3 +139,17 @@ def test_cli_trains_with_flags_over_the_config(sft_dir, tmp_path, capsys):
     assert exit_info.value.code == 0
     summary = json.loads((tmp_path / "m" / "sft_summary.json").read_text())
     assert summary["model"] == "tiny" and summary["steps"] == 2
+
+
+def test_padding_free_drops_rows_over_max_length_and_matches_the_padded_loss(sft_dir, tmp_path):
+    padded = build_sft_trainer(sft_dir, tmp_path / "a", SFTSettings(**FAST, max_steps=1))
+    flat = build_sft_trainer(sft_dir, tmp_path / "b", SFTSettings(**FAST, max_steps=1, padding_free=True, max_length=140))
+    assert 0 < len(flat.train_dataset) < len(padded.train_dataset)
+    assert all(len(r["input_ids"]) <= 140 for r in flat.train_dataset)
+    rows = [flat.train_dataset[i] for i in range(4)]
+    batch = flat.data_collator(rows)
+    assert "position_ids" in batch and batch["input_ids"].shape[0] == 1
+    flat.model.load_state_dict(padded.model.state_dict())
+    flat.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(flat.model(**batch).loss, flat.model(**padded.data_collator(rows)).loss, atol=1e-5)

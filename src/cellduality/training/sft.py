@@ -71,7 +71,9 @@ class SFTSettings(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     trust_remote_code: bool = False
     tokenizer_vocab_size: int = Field(4096, ge=300, description="learnt BPE part of a preset's tokenizer")
-    padding_free: bool = Field(False, description="flatten batches without padding (needs flash attention on GPU)")
+    padding_free: bool = Field(
+        False, description="flatten each batch into one sequence (no padding); rows over max_length are dropped"
+    )
 
     def lora_overrides(self) -> dict[str, Any]:
         return {
@@ -135,6 +137,23 @@ def _as_training_rows(dataset: Dataset, tokenizer: Any) -> Dataset:
     return dataset.map(render, remove_columns=extra, desc="Formatting prompts")
 
 
+def _drop_long_rows(dataset: Dataset, tokenizer: Any, max_length: int) -> Dataset:
+    """Keep rows whose prompt+completion fit ``max_length`` tokens (padding-free mode).
+
+    TRL does not truncate padding-free batches; dropping is also kinder than truncating, which
+    would teach the model completions that stop before ``</answer>``.
+    """
+
+    def fits(batch: dict[str, list[str]]) -> list[bool]:
+        texts = [p + c + (tokenizer.eos_token or "") for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+        return [len(ids) <= max_length for ids in tokenizer(texts)["input_ids"]]
+
+    kept = dataset.filter(fits, batched=True, desc="Dropping rows over max_length")
+    if len(kept) == 0:
+        raise CellDualityError(f"Every SFT row is longer than max_length={max_length} tokens; raise max_length.")
+    return kept
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -174,7 +193,8 @@ def _sft_config(settings: SFTSettings, out_dir: Path, has_eval: bool):
         **device_args(
             output_dir=str(checkpoint_dir(out_dir)),
             completion_only_loss=True,
-            max_length=settings.max_length,
+            # Padding-free batches are not truncated by TRL (rows over max_length were dropped above).
+            max_length=None if settings.padding_free else settings.max_length,
             padding_free=settings.padding_free,
             per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -215,6 +235,9 @@ def build_sft_trainer(
     if "test" in data and len(data["test"]) and settings.eval_steps:
         test = data["test"].select(range(min(settings.max_eval_rows, len(data["test"]))))
         eval_data = _as_training_rows(test, tokenizer)
+    if settings.padding_free:
+        train = _drop_long_rows(train, tokenizer, settings.max_length)
+        eval_data = _drop_long_rows(eval_data, tokenizer, settings.max_length) if eval_data is not None else None
     return SFTTrainer(
         model=model,
         args=_sft_config(settings, Path(out_dir), eval_data is not None),
