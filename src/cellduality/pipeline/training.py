@@ -85,3 +85,33 @@ def grpo_stage(tasks_dir: Path, out: Path, sft_model: Path, mode: str, options: 
     settings = validate_config(GRPOSettings, {"seed": seed, **options, "reward": mode}, source="grpo settings")
     result = run_grpo(tasks_dir, out, sft_model, settings, resume=True)
     return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
+
+
+def evaluate_stage(models: Mapping[str, Path], task_dirs: Mapping[str, Path], out: Path,
+                   options: Mapping[str, Any], seed: int, *, sft: str = "SFT-only", duality: str = "duality RL",
+                   oracle: str = "oracle RL") -> dict[str, Any]:
+    """Evaluate each model on the test split of each dataset's tasks, plus baselines; write the comparison.
+
+    Tasks of different datasets are reported as ``task`` when one dataset is evaluated and as
+    ``dataset/task`` otherwise. Baselines come from the first model's evaluation (they do not
+    depend on the model). Returns ``comparison.json``'s content.
+    """
+    from cellduality.evaluation.evaluate import evaluate_model
+    from cellduality.evaluation.reports import write_comparison_report
+
+    qualify = len(task_dirs) > 1
+    results: dict[str, list[dict[str, Any]]] = {}
+    baselines: dict[str, dict[str, Any]] = {}
+    for i, (method, model_dir) in enumerate(models.items()):
+        merged: dict[str, Any] = {}
+        for name, tasks_dir in task_dirs.items():
+            run_dir = out / method.replace(" ", "_").replace("-", "_").lower() / name
+            metrics = evaluate_model(model_dir, tasks_dir, run_dir, seed=seed, baselines=i == 0, **options)
+            for task, values in metrics.items():
+                merged[f"{name}/{task}" if qualify else task] = values
+            if i == 0:
+                for task, values in json.loads((run_dir / "baselines.json").read_text()).items():
+                    baselines[f"{name}/{task}" if qualify else task] = values
+        results[method] = [merged]
+    return write_comparison_report(results, out, baselines=baselines, sft=sft, duality=duality, oracle=oracle,
+                                   title="CellDuality quickstart: SFT-only vs self-supervised RL vs oracle RL")

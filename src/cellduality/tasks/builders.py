@@ -139,7 +139,8 @@ def _load_cells(cells: CellSentenceDataset | str | Path) -> tuple[CellSentenceDa
 
 def _splits(cells: CellSentenceDataset, seed: int) -> dict[str, list[int]]:
     splits = getattr(cells, "splits", None) or {}
-    train, test = list(splits.get("train") or []), list(splits.get("test") or [])
+    train = [int(i) for i in splits.get("train", [])]
+    test = [int(i) for i in splits.get("test", [])]
     if train:
         return {"train": train, "test": test}
     order = np.random.default_rng(seed).permutation(len(cells.sentences))
