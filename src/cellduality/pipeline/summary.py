@@ -11,10 +11,10 @@ from rich.table import Table
 
 # headline metric per task, and whether higher is better
 HEADLINE = {
-    "annotation": ("accuracy", "macro_f1", "reward_validity_auc"),
-    "sensitivity": ("accuracy", "macro_f1", "reward_validity_auc"),
-    "generation": ("knn_accuracy_k10", "gw_distance", "reward_validity_auc"),
-    "perturbation": ("scfid", "mmd", "reward_validity_auc"),
+    "annotation": ("accuracy", "macro_f1", "malformed_rate", "reward_auc", "reward_auc_contrast"),
+    "sensitivity": ("accuracy", "macro_f1", "malformed_rate", "reward_auc", "reward_auc_contrast"),
+    "generation": ("knn@10", "gw", "valid_rate", "reward_auc_contrast"),
+    "perturbation": ("scfid", "mmd", "valid_rate", "reward_auc_contrast"),
 }
 METHOD_ORDER = ("SFT-only", "duality RL", "oracle RL")
 
@@ -22,7 +22,7 @@ METHOD_ORDER = ("SFT-only", "duality RL", "oracle RL")
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or not math.isfinite(value):
         return "–"
-    if metric in ("accuracy", "macro_f1") or metric.startswith("knn_accuracy"):
+    if metric in ("accuracy", "macro_f1", "malformed_rate", "valid_rate") or metric.startswith("knn@"):
         return f"{100 * value:.1f}%"
     return f"{value:.3f}"
 
@@ -63,8 +63,9 @@ def print_summary(summary: dict[str, Any], out: Path, console: Console) -> None:
         stages.add_row(s["stage"], f"{s['seconds']:.0f}" + (" (done earlier)" if s["skipped"] else ""))
     console.print(stages)
     console.print(
-        "[dim]reward_validity_auc: how well the duality reward separates right from wrong answers "
-        "(0.5 = chance). gap closed: (duality − SFT) / (oracle − SFT).[/]"
+        "[dim]reward_auc: how well the duality reward separates the model's right from wrong answers; "
+        "reward_auc_contrast: true answer vs a wrong one (0.5 = chance). "
+        "gap closed: (duality − SFT) / (oracle − SFT).[/]"
     )
     missing = summary.get("missing_tasks") or []
     if missing:

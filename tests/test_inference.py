@@ -1,0 +1,145 @@
+"""Inference on a user's AnnData: duality reranking, gene overlap, outputs written back, bad input."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cellduality.cli.main import app
+from cellduality.errors import CellDualityError
+from cellduality.inference import duality_rerank, gene_overlap
+from cellduality.inference.model import CellDualityModel
+from cellduality.inference.predict import annotate
+from cellduality.sentences import build_cell_sentences
+from cellduality.tasks.base import Example, format_response
+from cellduality.tasks.builders import make_tasks
+from cellduality.tasks.text import genes_of
+
+
+@pytest.fixture(scope="module")
+def pbmc_task(pbmc_small):
+    cells = build_cell_sentences(pbmc_small, top_k=32, label_keys=["bulk_labels"], seed=0)
+    task = make_tasks(cells, ["annotation"], cells.splits["train"], max_genes=24)["annotation"]
+    return cells, task
+
+
+def class_profiles(cells, task) -> dict[str, list[str]]:
+    """Per label, genes ordered by how often they appear in that label's training cells."""
+    profiles: dict[str, Counter] = {label: Counter() for label in task.context.labels}
+    labels = cells.obs["bulk_labels"].astype(str).to_numpy()
+    for i in cells.splits["train"]:
+        profiles[labels[i]].update(genes_of(cells.sentences[i], 24))
+    return {label: [g for g, _ in c.most_common(60)] for label, c in profiles.items()}
+
+
+def knowledge_dual(task, profiles):
+    """A stand-in dual policy: fills masked genes with the named type's most frequent unseen genes."""
+    labels = sorted(task.context.labels, key=len, reverse=True)
+
+    def dual(prompts: list[str]) -> list[str]:
+        outs = []
+        for p in prompts:
+            label = next(lab for lab in labels if lab in p)
+            n_hidden = int(re.search(r"(\d+) (?:genes hidden|masked)", p).group(1))
+            seen = set(p.split())
+            guess = [g for g in profiles[label] if g not in seen][:n_hidden]
+            outs.append(format_response("inpainting", " ".join(guess)))
+        return outs
+
+    return dual
+
+
+def test_duality_rerank_prefers_true_labels(pbmc_task):
+    cells, task = pbmc_task
+    labels = cells.obs["bulk_labels"].astype(str).to_numpy()
+    test = list(cells.splits["test"])[:60]
+    examples = [Example(id=str(i), task="annotation", input={"cell": genes_of(cells.sentences[i], 24)},
+                        target=None, seed=i) for i in test]
+    rng = np.random.default_rng(0)
+    wrong = {i: rng.choice([lab for lab in task.context.labels if lab != labels[i]]) for i in test}
+
+    def sample(prompts: list[str]) -> list[str]:
+        # two samples per cell, the wrong label first: order and votes cannot favour the true one
+        outs = []
+        for k in range(0, len(prompts), 2):
+            i = test[k // 2]
+            outs += [format_response("", wrong[i]), format_response("", labels[i])]
+        return outs
+
+    ranked = duality_rerank(task, examples, sample, knowledge_dual(task, class_profiles(cells, task)), n_samples=2)
+    accuracy = np.mean([r.answer == labels[i] for r, i in zip(ranked, test, strict=True)])
+    assert accuracy > 0.75  # 0.5 would mean reranking carries no information
+    assert all(0.0 <= r.confidence <= 1.0 and r.n_valid == 2 for r in ranked)
+
+
+def test_duality_rerank_handles_malformed_samples(pbmc_task):
+    cells, task = pbmc_task
+    ex = Example(id="x", task="annotation", input={"cell": genes_of(cells.sentences[0], 24)}, target=None, seed=1)
+    ranked = duality_rerank(task, [ex], lambda ps: ["no answer here"] * len(ps),
+                            lambda ps: pytest.fail("dual must not run on malformed output"), n_samples=3)
+    assert ranked[0].answer is None and ranked[0].confidence == 0.0 and ranked[0].votes == 0
+
+
+def test_gene_overlap_counts_distinct_genes():
+    assert gene_overlap([["A", "B"], ["B", "C"]], {"A", "C", "Z"}) == (2, 3)
+
+
+class FakeModel(CellDualityModel):
+    """A CellDualityModel whose generator is a stand-in policy (no weights needed)."""
+
+    def __init__(self, tasks, sample, dual):
+        super().__init__(path=__import__("pathlib").Path("fake"), model=None, tokenizer=None, info={}, tasks=tasks)
+        self._sample, self._dual = sample, dual
+
+    def generator(self, *, do_sample: bool = False, **_: object):
+        return self._sample if do_sample else self._dual
+
+
+def test_annotate_writes_results_into_a_copy(pbmc_small, pbmc_task):
+    cells, task = pbmc_task
+    profiles = class_profiles(cells, task)
+    first = task.context.labels[0]
+    model = FakeModel({"annotation": task}, lambda ps: [format_response("reasons", first)] * len(ps),
+                      knowledge_dual(task, profiles))
+    adata = pbmc_small[:20].copy()
+    before = adata.obs.copy()
+    out = annotate(adata, model, n_samples=2)
+    assert out is not adata
+    assert list(adata.obs.columns) == list(before.columns)  # input untouched
+    assert (out.obs["cellduality_cell_type"] == first).all()
+    assert (out.obs["cellduality_reasoning"] == "reasons").all()
+    assert out.obs["cellduality_confidence"].between(0, 1).all()
+    assert out.uns["cellduality"]["annotation"]["overlap"] > 0.9
+
+
+def test_annotate_stops_when_genes_do_not_overlap(pbmc_small, pbmc_task):
+    _, task = pbmc_task
+    adata = pbmc_small[:10].copy()
+    adata.raw = None
+    adata.var_names = [f"NOTAGENE{i}" for i in range(adata.n_vars)]
+    adata.X = np.abs(np.asarray(adata.X))
+    model = FakeModel({"annotation": task}, lambda ps: [], lambda ps: [])
+    with pytest.raises(CellDualityError, match="known to the model"):
+        annotate(adata, model)
+
+
+def test_unknown_task_lists_known_ones(pbmc_task):
+    _, task = pbmc_task
+    model = FakeModel({"annotation": task}, lambda ps: [], lambda ps: [])
+    with pytest.raises(CellDualityError, match="knows: annotation"):
+        model.task("perturbation")
+
+
+def test_cli_rejects_non_model_folder_and_in_place_output(tmp_path, pbmc_small):
+    path = tmp_path / "cells.h5ad"
+    pbmc_small[:5].copy().write_h5ad(path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["annotate", str(path), "--model", str(tmp_path), "--out", str(tmp_path / "o.h5ad")])
+    assert res.exit_code != 0 and isinstance(res.exception, CellDualityError)
+    assert "not a CellDuality model" in str(res.exception)
+    res = runner.invoke(app, ["annotate", str(path), "--model", str(tmp_path), "--out", str(path)])
+    assert isinstance(res.exception, CellDualityError) and "never modified" in str(res.exception)

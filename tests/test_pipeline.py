@@ -1,0 +1,74 @@
+"""Pipeline bookkeeping: finished stages are skipped on re-run; task folders of datasets merge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from cellduality.errors import CellDualityError
+from cellduality.pipeline.quickstart import QuickstartSettings, load_quickstart_settings
+from cellduality.pipeline.stages import run_stage, stage_done
+from cellduality.pipeline.training import merge_task_dirs
+
+
+def test_finished_stage_is_skipped_and_interrupted_one_reruns(tmp_path):
+    console = Console(quiet=True)
+    calls = []
+
+    def work():
+        calls.append(1)
+        (tmp_path / "s").mkdir(exist_ok=True)
+        return {"n": len(calls)}
+
+    first = run_stage("s", tmp_path / "s", work, console)
+    again = run_stage("s", tmp_path / "s", work, console)
+    assert len(calls) == 1 and not first.skipped and again.skipped and again.info == {"n": 1}
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("t", tmp_path / "t", interrupted, console)
+    assert not stage_done(tmp_path / "t")  # no marker: the next run does the stage again
+
+
+def test_shipped_quickstart_config_is_valid():
+    settings = load_quickstart_settings()
+    assert isinstance(settings, QuickstartSettings)
+    assert "pbmc68k_reduced" in settings.datasets
+
+
+def test_quickstart_config_typo_is_one_line_error(tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text("max_gene: 3\n")
+    with pytest.raises(CellDualityError, match="unknown key 'max_gene'.*max_genes"):
+        load_quickstart_settings(path)
+
+
+def _tasks(cells, names, out):
+    from cellduality.tasks import build_task_datasets
+
+    build_task_datasets(cells, names, out, max_genes=16, max_examples=20)
+    return out
+
+
+def test_merge_task_dirs(tmp_path, pbmc_small):
+    from datasets import load_from_disk
+
+    from cellduality.sentences import build_cell_sentences
+
+    cells = build_cell_sentences(pbmc_small, top_k=32, label_keys=["bulk_labels"], seed=0)
+    a = _tasks(cells, ["annotation"], tmp_path / "a")
+    b = _tasks(cells, ["generation"], tmp_path / "b")
+    merge_task_dirs([a, b], tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "tasks.json").read_text())
+    assert sorted(manifest["tasks"]) == ["annotation", "generation"]
+    rl = load_from_disk(str(tmp_path / "m" / "rl"))
+    assert set(rl["train"]["task"]) == {"annotation", "generation"}
+    assert "target" not in rl["train"].column_names
+    n = sum(len(load_from_disk(str(d / "rl"))["train"]) for d in (a, b))
+    assert len(rl["train"]) == n
+    with pytest.raises(CellDualityError, match="two datasets"):
+        merge_task_dirs([a, a], tmp_path / "m2")
