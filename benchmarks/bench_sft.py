@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--padding-free", action="store_true", help="cellduality sft's padding_free mode")
+    parser.add_argument("--no-group-by-length", action="store_true", help="random batches (more padding)")
     parser.add_argument("--no-loop", action="store_true", help="skip the plain-loop comparison")
     args = parser.parse_args()
 
@@ -126,6 +127,7 @@ def main() -> None:
             logging_steps=10**6,
             warmup_steps=0,
             padding_free=args.padding_free,
+            group_by_length=not args.no_group_by_length,
         )
         trainer, trainer_tps = trainer_run(sft_dir, Path(tmp) / "out", settings, args.warmup, args.steps)
         params = count_parameters(trainer.model)

@@ -71,6 +71,9 @@ class SFTSettings(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     trust_remote_code: bool = False
     tokenizer_vocab_size: int = Field(4096, ge=300, description="learnt BPE part of a preset's tokenizer")
+    group_by_length: bool = Field(
+        True, description="batch rows of similar length (less padding computed; order still random per megabatch)"
+    )
     padding_free: bool = Field(
         False, description="flatten each batch into one sequence (no padding); rows over max_length are dropped"
     )
@@ -196,6 +199,7 @@ def _sft_config(settings: SFTSettings, out_dir: Path, has_eval: bool):
             # Padding-free batches are not truncated by TRL (rows over max_length were dropped above).
             max_length=None if settings.padding_free else settings.max_length,
             padding_free=settings.padding_free,
+            train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
             per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             learning_rate=settings.learning_rate,
