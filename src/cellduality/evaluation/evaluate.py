@@ -57,11 +57,14 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Evaluate the model in ``model_dir`` on the ``test`` split of ``tasks_dir``; returns metrics.json."""
     from cellduality.models import load_model, make_generate_fn, read_model_info
+    from cellduality.tasks import load_tasks
+    from cellduality.tasks.base import gene_vocabulary
 
     read_model_info(model_dir)  # one-line error when it is not a CellDuality model
     model, tokenizer = load_model(model_dir)
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, batch_size=batch_size, seed=seed)
+                                temperature=temperature, batch_size=batch_size, seed=seed,
+                                genes=gene_vocabulary(load_tasks(tasks_dir)))
     return evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
                              embedding=embedding, baselines=baselines, reward_validity=reward_validity,
                              batch_size=batch_size, overwrite=overwrite,

@@ -67,6 +67,7 @@ class CellDualityModel:
     ) -> GenerateFn:
         """A batched ``list[prompt] -> list[completion]`` callable over this model."""
         from cellduality.models import make_generate_fn
+        from cellduality.tasks.base import gene_vocabulary
 
         return make_generate_fn(
             self.model,
@@ -76,6 +77,7 @@ class CellDualityModel:
             temperature=temperature,
             batch_size=batch_size,
             seed=seed,
+            genes=gene_vocabulary(self.tasks),
         )
 
     @property

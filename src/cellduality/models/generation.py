@@ -10,13 +10,74 @@ inside a training step (GRPO rewards) does not disturb training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from cellduality.models.loading import format_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def _single_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> dict[int, str]:
+    """Ids of the one-token spellings of ``text`` (bare and space-prefixed), mapped to ``text``."""
+    out = {}
+    for variant in (text, f" {text}"):
+        ids = tokenizer.encode(variant, add_special_tokens=False)
+        if len(ids) == 1:
+            out[ids[0]] = text
+    return out
+
+
+class UniqueAnswerGenes:
+    """A logits processor: inside ``<answer>…</answer>``, a gene already written cannot be written again.
+
+    A cell sentence lists each gene once, but a small model decoding greedily falls into loops
+    (``HLA-DQB1 HLA-DQB1 …``) and never closes its answer. Blocking repeats *only inside the
+    answer* keeps the reasoning free to mention a gene the answer then lists. Genes that the
+    tokenizer splits into several tokens are not tracked (the constraint degrades gracefully for
+    general-purpose tokenizers). State is updated incrementally, one new token per step.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, genes: Iterable[str]) -> None:
+        self.gene_of: dict[int, str] = {}
+        for gene in genes:
+            self.gene_of.update(_single_token_ids(tokenizer, gene))
+        self.ids_of: dict[str, list[int]] = {}
+        for token, gene in self.gene_of.items():
+            self.ids_of.setdefault(gene, []).append(token)
+        self.open_ids = set(_single_token_ids(tokenizer, "<answer>"))
+        self.close_ids = set(_single_token_ids(tokenizer, "</answer>"))
+        self._start: int | None = None
+        self._state: list[tuple[bool, set[str]]] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.gene_of and self.open_ids)
+
+    def reset(self) -> None:
+        """Forget the previous batch (call before each ``model.generate``)."""
+        self._start = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self._start is None:  # first step of a batch: nothing generated yet
+            self._start = input_ids.shape[1]
+            self._state = [(False, set()) for _ in range(input_ids.shape[0])]
+            return scores
+        last = input_ids[:, -1].tolist()
+        for row, token in enumerate(last):
+            inside, seen = self._state[row]
+            if token in self.open_ids:
+                inside, seen = True, set()
+            elif token in self.close_ids:
+                inside = False
+            elif inside and token in self.gene_of:
+                seen.add(self.gene_of[token])
+            self._state[row] = (inside, seen)
+            if inside and seen:
+                blocked = [t for g in seen for t in self.ids_of[g]]
+                scores[row, blocked] = float("-inf")
+        return scores
 
 
 def make_generate_fn(
@@ -29,14 +90,19 @@ def make_generate_fn(
     top_p: float = 1.0,
     batch_size: int = 32,
     seed: int | None = None,
+    genes: Iterable[str] | None = None,
 ) -> Callable[[list[str]], list[str]]:
     """Return ``generate(prompts) -> completions`` for raw task prompts.
 
     With ``seed`` set, call ``i`` samples with seed ``seed + i`` inside a forked RNG: runs are
-    reproducible and the caller's random state is untouched.
+    reproducible and the caller's random state is untouched. With ``genes`` (the tasks' gene
+    vocabulary), a gene cannot repeat inside an ``<answer>`` (:class:`UniqueAnswerGenes`).
     """
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    unique = UniqueAnswerGenes(tokenizer, genes) if genes is not None else None
+    processors = LogitsProcessorList([unique] if unique is not None and unique.active else [])
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -64,7 +130,9 @@ def make_generate_fn(
                     for start in range(0, len(texts), batch_size):
                         batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
                         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-                        out = model.generate(**batch, generation_config=config)
+                        if unique is not None:
+                            unique.reset()
+                        out = model.generate(**batch, generation_config=config, logits_processor=processors)
                         new = out[:, batch["input_ids"].shape[1] :]
                         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
             finally:

@@ -247,6 +247,16 @@ def get_task(name: str, context: TaskContext | None = None, **options: Any) -> T
     return cls(context, **options)
 
 
+def gene_vocabulary(tasks: Any) -> frozenset[str]:
+    """The union of the gene vocabularies of ``tasks`` (a mapping or iterable of :class:`Task`).
+
+    Decoding uses it to keep a gene from repeating inside an answer
+    (:class:`cellduality.models.generation.UniqueAnswerGenes`).
+    """
+    values = tasks.values() if hasattr(tasks, "values") else tasks
+    return frozenset().union(*(t.context.genes for t in values))
+
+
 def dumps(value: Any) -> str:
     """JSON for dataset columns (compact, stable key order)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

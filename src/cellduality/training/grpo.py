@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cellduality.config import StrictModel
 from cellduality.errors import CellDualityError, ConfigError
+from cellduality.tasks.base import gene_vocabulary
 from cellduality.training.common import CHECKPOINTS
 from cellduality.training.grpo_metrics import (
     STEPS_FILE,
@@ -479,7 +480,8 @@ def run_grpo(
         # The live policy answers the dual task: attached now that the trainer (and its wrapped,
         # possibly vLLM-served, policy) exists.
         reward.generate = policy_generate_fn(trainer, tokenizer, max_new_tokens=settings.dual_max_new_tokens,
-                                             temperature=settings.dual_temperature, format_prompt=format_prompt)
+                                             temperature=settings.dual_temperature, format_prompt=format_prompt,
+                                             genes=gene_vocabulary(tasks))
     if last is not None:
         step_callback.resume_from(resumed_steps(last))
     trainer.train(resume_from_checkpoint=str(last) if last else None)

@@ -14,7 +14,7 @@ weights TRL has already synced to the current policy at the start of the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -28,8 +28,12 @@ def policy_generate_fn(
     max_new_tokens: int,
     temperature: float = 0.0,
     format_prompt: FormatFn | None = None,
+    genes: Iterable[str] | None = None,
 ) -> GenerateFn:
     """A ``generate(prompts) -> texts`` backed by ``trainer``'s current policy.
+
+    ``genes`` (transformers path) keeps a gene from repeating inside a dual answer, exactly as
+    evaluation and inference decode (:class:`cellduality.models.generation.UniqueAnswerGenes`).
 
     Routes through vLLM when the trainer uses it, else through ``model.generate``.
     ``temperature == 0`` means greedy decoding (the dual answer is then a deterministic function
@@ -46,7 +50,7 @@ def policy_generate_fn(
                                          temperature=temperature, format_prompt=fmt)
     else:
         fn = transformers_generate_fn(trainer, tokenizer, max_new_tokens=max_new_tokens,
-                                      temperature=temperature, format_prompt=fmt)
+                                      temperature=temperature, format_prompt=fmt, genes=genes)
     return unique_prompts(fn) if temperature == 0 else fn
 
 
@@ -77,7 +81,8 @@ def _decode(tokenizer: Any, completion_ids: Sequence[Sequence[int]]) -> list[str
 
 
 def transformers_generate_fn(
-    trainer: Any, tokenizer: Any, *, max_new_tokens: int, temperature: float, format_prompt: FormatFn
+    trainer: Any, tokenizer: Any, *, max_new_tokens: int, temperature: float, format_prompt: FormatFn,
+    genes: Iterable[str] | None = None,
 ) -> GenerateFn:
     """``model.generate`` on the unwrapped policy: one KV-cached batch per call, in eval mode,
     without gradients, training mode restored (:func:`cellduality.models.make_generate_fn`)."""
@@ -93,7 +98,8 @@ def transformers_generate_fn(
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gather_deepspeed3_params=gather) as model:
             fn = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                  temperature=temperature if temperature > 0 else 1.0, batch_size=len(prompts))
+                                  temperature=temperature if temperature > 0 else 1.0, batch_size=len(prompts),
+                                  genes=genes)
             return fn(prompts)
 
     return generate
