@@ -97,6 +97,9 @@ def test_reward_validity_and_gap_closed():
     assert M.gap_closed(0.80, 0.85, 0.90) == pytest.approx(0.5)
     assert M.gap_closed(0.045, 0.038, 0.025) == pytest.approx(0.35)  # lower-is-better (paper scFID)
     assert math.isnan(M.gap_closed(0.8, 0.9, 0.8)) and math.isnan(M.gap_closed(None, 0.9, 1.0))
+    # an oracle that got worse than SFT leaves no gap to close (GW: lower is better)
+    assert math.isnan(M.gap_closed(189.8, 201.4, 237.7, higher_is_better=False))
+    assert M.gap_closed(0.045, 0.038, 0.025, higher_is_better=False) == pytest.approx(0.35)
     assert not M.higher_is_better("scfid/STAT1") and M.higher_is_better("knn@3")
 
 

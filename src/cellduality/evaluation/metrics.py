@@ -436,13 +436,15 @@ def higher_is_better(metric: str) -> bool:
     return metric.split("/")[0].split("@")[0] not in LOWER_IS_BETTER
 
 
-def gap_closed(sft: float, duality: float, oracle: float) -> float:
+def gap_closed(sft: float, duality: float, oracle: float, higher_is_better: bool | None = None) -> float:
     """``(duality − SFT) / (oracle − SFT)``: the share of the oracle's gain that duality RL recovers.
 
     The ratio is the same for higher- and lower-is-better metrics (numerator and denominator
-    change sign together), so no direction is needed. 1 = as good as the oracle, 0 = no better
-    than SFT, negative = worse than SFT, > 1 = better than the oracle. ``nan`` when the oracle did
-    not move the metric (``|oracle − SFT|`` below 1e-12) or any input is missing.
+    change sign together). 1 = as good as the oracle, 0 = no better than SFT, negative = worse
+    than SFT, > 1 = better than the oracle. ``nan`` when the oracle did not move the metric
+    (``|oracle − SFT|`` below 1e-12) or any input is missing, and -- when the metric's direction
+    is given -- when the oracle did *not improve* on SFT: there is then no gap to close, and a
+    ratio of two regressions would read as progress.
     """
     values = [float(v) if v is not None else NAN for v in (sft, duality, oracle)]
     if not all(math.isfinite(v) for v in values):
@@ -450,5 +452,7 @@ def gap_closed(sft: float, duality: float, oracle: float) -> float:
     sft_v, dual_v, oracle_v = values
     denominator = oracle_v - sft_v
     if abs(denominator) < 1e-12:
+        return NAN
+    if higher_is_better is not None and (denominator > 0) != higher_is_better:
         return NAN
     return (dual_v - sft_v) / denominator

@@ -148,7 +148,7 @@ def write_comparison_report(
             entry = by_metric.get(metric, {})
             if all(k in entry for k in (sft, duality, oracle)):
                 gaps.setdefault(task, {})[metric] = gap_closed(entry[sft]["mean"], entry[duality]["mean"],
-                                                               entry[oracle]["mean"])
+                                                               entry[oracle]["mean"], higher_is_better(metric))
     lines = _comparison_lines(runs, title)
     if gaps:
         lines += ["## Gap closed by duality RL", "",
