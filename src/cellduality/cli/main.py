@@ -8,7 +8,14 @@ Every command module exposes ``register(app)``; this file only assembles them an
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# OpenMP threads that spin while waiting make torch many times slower when the 2-4 cores of a
+# laptop or CI runner are shared (measured in benchmarks/bench_sft.py); passive waiting costs
+# nothing on an idle machine. Set before torch is imported by any command.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
@@ -32,6 +39,7 @@ _COMMAND_MODULES = (
     "sft_cmd",
     "grpo_cmd",
     "evaluate_cmd",
+    "benchmark_cmd",
     "inference_cmd",
 )
 

@@ -31,31 +31,38 @@ def _task_kind(task: str) -> str:
     return task.split("/")[-1]
 
 
-def summary_table(comparison: dict[str, Any]) -> Table:
-    """Methods × (task, metric) with baselines, gap closed and reward validity."""
-    table = Table(title="CellDuality: SFT-only vs self-supervised (duality) RL vs oracle RL", show_lines=False)
-    table.add_column("task")
-    table.add_column("metric")
+NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "malformed_rate": "malformed", "valid_rate": "valid",
+         "reward_auc": "reward AUC", "reward_auc_contrast": "AUC vs wrong", "knn@10": "kNN@10", "gw": "GW ↓",
+         "scfid": "scFID ↓", "mmd": "MMD ↓"}
+
+
+def summary_tables(comparison: dict[str, Any], title: str = "") -> list[Table]:
+    """One table per task: methods and baselines as rows, headline metrics as columns."""
+    tables = []
     summary = comparison.get("summary", {})
-    methods = [m for m in METHOD_ORDER if any(m in by for t in summary.values() for by in t.values())]
-    baselines = sorted({m for t in summary.values() for by in t.values() for m in by if m.startswith("baseline")})
-    for m in (*methods, *baselines):
-        table.add_column(m.replace("baseline: ", ""), justify="right")
-    table.add_column("gap closed", justify="right")
     for task, by_metric in summary.items():
-        for metric in HEADLINE.get(_task_kind(task), ()):
-            entry = by_metric.get(metric)
-            if not entry:
-                continue
-            row = [_fmt(entry.get(m, {}).get("mean"), metric) for m in (*methods, *baselines)]
-            gap = comparison.get("gap_closed", {}).get(task, {}).get(metric)
-            gap_text = "" if gap is None else (f"{100 * gap:.0f}%" if math.isfinite(gap) else "–")
-            table.add_row(task, metric, *row, gap_text)
-    return table
+        metrics = [m for m in HEADLINE.get(_task_kind(task), ()) if m in by_metric]
+        methods = [m for m in METHOD_ORDER if any(m in by_metric[x] for x in metrics)]
+        methods += sorted({m for x in metrics for m in by_metric[x] if m not in methods})
+        table = Table(title=f"{title}{' · ' if title else ''}{task}", title_justify="left")
+        table.add_column("method")
+        for metric in metrics:
+            table.add_column(NAMES.get(metric, metric), justify="right")
+        for method in methods:
+            table.add_row(method.replace("baseline: ", "baseline "),
+                          *[_fmt(by_metric[m].get(method, {}).get("mean"), m) for m in metrics])
+        gaps = comparison.get("gap_closed", {}).get(task, {})
+        shown = [f"{NAMES.get(m, m)} {100 * v:.0f}%" for m, v in gaps.items() if v is not None and math.isfinite(v)
+                 and m in metrics]
+        if shown:
+            table.caption = "gap closed by duality RL: " + ", ".join(shown)
+        tables.append(table)
+    return tables
 
 
 def print_summary(summary: dict[str, Any], out: Path, console: Console) -> None:
-    console.print(summary_table(summary["evaluation"]))
+    for table in summary_tables(summary["evaluation"]):
+        console.print(table)
     stages = Table(title="time per stage")
     stages.add_column("stage")
     stages.add_column("seconds", justify="right")

@@ -105,7 +105,7 @@ def evaluate_stage(models: Mapping[str, Path], task_dirs: Mapping[str, Path], ou
     for i, (method, model_dir) in enumerate(models.items()):
         merged: dict[str, Any] = {}
         for name, tasks_dir in task_dirs.items():
-            run_dir = out / method.replace(" ", "_").replace("-", "_").lower() / name
+            run_dir = out / method.replace(" ", "_").replace("-", "_").lower() / name  # benchmark._slug
             metrics = evaluate_model(model_dir, tasks_dir, run_dir, seed=seed, baselines=i == 0, **options)
             for task, values in metrics.items():
                 merged[f"{name}/{task}" if qualify else task] = values
