@@ -84,8 +84,23 @@ def test_duality_rerank_handles_malformed_samples(pbmc_task):
     assert ranked[0].answer is None and ranked[0].confidence == 0.0 and ranked[0].votes == 0
 
 
-def test_gene_overlap_counts_distinct_genes():
+def test_gene_overlap_counts_model_genes_present():
     assert gene_overlap([["A", "B"], ["B", "C"]], {"A", "C", "Z"}) == (2, 3)
+
+
+def test_cells_are_ranked_within_the_model_panel(pbmc_small, pbmc_task):
+    """Genes the model never saw are skipped, the order of the others is kept."""
+    from cellduality.inference.predict import model_sentences
+    from cellduality.sentences import to_sentences
+
+    _, task = pbmc_task
+    adata = pbmc_small[:30].copy()
+    full = [s.split() for s in to_sentences(adata, top_k=None)]
+    cells, overlap = model_sentences(adata, task, seed=0)
+    for genes, ranked in zip(cells, full, strict=True):
+        assert genes == [g for g in ranked if g in task.context.genes][: len(genes)]
+        assert set(genes) <= task.context.genes
+    assert 0 < overlap["overlap"] <= 1 and overlap["model_genes"] == len(task.context.genes)
 
 
 class FakeModel(CellDualityModel):
@@ -123,7 +138,7 @@ def test_annotate_stops_when_genes_do_not_overlap(pbmc_small, pbmc_task):
     adata.var_names = [f"NOTAGENE{i}" for i in range(adata.n_vars)]
     adata.X = np.abs(np.asarray(adata.X))
     model = FakeModel({"annotation": task}, lambda ps: [], lambda ps: [])
-    with pytest.raises(CellDualityError, match="known to the model"):
+    with pytest.raises(CellDualityError, match="gene the model knows"):
         annotate(adata, model)
 
 

@@ -105,29 +105,47 @@ def duality_rerank(
     return ranked
 
 
-def _cell_genes(adata: AnnData, top_k: int, seed: int, **sentence_options: Any) -> list[list[str]]:
+RANK_DEPTH = 1000
+"""How deep each cell is ranked before keeping the model's genes (deeper genes cannot reach a prompt)."""
+
+
+def model_sentences(adata: AnnData, task: Task, seed: int, **sentence_options: Any) -> tuple[list[list[str]], dict]:
+    """The user's cells as the model saw cells in training: ranked *within the model's gene panel*.
+
+    A model only ever saw sentences made of its training genes (e.g. the 765 genes of
+    pbmc68k_reduced), so each cell is ranked over all its genes and then filtered to the model's
+    vocabulary, which keeps the order (per-cell normalisation and log1p are monotone), before
+    taking the prompt's ``max_genes``. Returns the cells and the overlap figures.
+    """
     from cellduality.sentences import to_sentences
 
-    return [s.split() for s in to_sentences(adata, top_k=top_k, seed=seed, **sentence_options)]
+    vocab = task.context.genes
+    max_genes = int(task.options.get("max_genes", 32))
+    ranked = to_sentences(adata, top_k=RANK_DEPTH, seed=seed, **sentence_options)
+    cells, expressed = [], set()
+    for sentence in ranked:
+        genes = sentence.split()
+        expressed.update(genes)
+        cells.append([g for g in genes if g in vocab][:max_genes])
+    return cells, {"model_genes": len(vocab), "model_genes_in_data": len(vocab & expressed),
+                   "overlap": round(len(vocab & expressed) / max(1, len(vocab)), 4)}
 
 
 def gene_overlap(cells: list[list[str]], vocabulary: frozenset[str] | set[str]) -> tuple[int, int]:
-    """(genes of the data's sentences the model knows, distinct genes in those sentences)."""
+    """(genes of the model's vocabulary expressed in ``cells``, size of the vocabulary)."""
     seen = {g for genes in cells for g in genes}
-    return len(seen & set(vocabulary)), len(seen)
+    return len(seen & set(vocabulary)), len(set(vocabulary))
 
 
-def _check_overlap(cells: list[list[str]], task: Task, min_overlap: float) -> dict[str, Any]:
-    known, total = gene_overlap(cells, task.context.genes)
-    if total == 0:
-        raise CellDualityError("No cell has any expressed gene; check the input matrix.")
-    fraction = known / total
-    if fraction < min_overlap:
+def _check_overlap(overlap: dict[str, Any], cells: list[list[str]], min_overlap: float) -> None:
+    if not any(cells):
+        raise CellDualityError("No cell expresses any gene the model knows; check gene identifiers (symbols, species).")
+    if overlap["overlap"] < min_overlap:
         raise CellDualityError(
-            f"Only {known} of {total} genes in your cells ({fraction:.0%}) are known to the model "
-            f"(threshold {min_overlap:.0%}); check gene identifiers (symbols, species) or lower --min-overlap."
+            f"Only {overlap['model_genes_in_data']} of the model's {overlap['model_genes']} genes "
+            f"({overlap['overlap']:.0%}) are expressed in your cells (threshold {min_overlap:.0%}); "
+            "check gene identifiers (symbols, species) or lower --min-overlap."
         )
-    return {"genes_known": known, "genes_total": total, "overlap": round(fraction, 4)}
 
 
 def _prepare(adata: AnnData, copy: bool) -> AnnData:
@@ -156,9 +174,8 @@ def _classify(
     mdl = _as_model(model, device)
     task = mdl.task(task_name)
     out = _prepare(adata, copy)
-    max_genes = int(task.options.get("max_genes", 32))
-    cells = [g[:max_genes] for g in _cell_genes(out, max_genes, seed, **sentence_options)]
-    overlap = _check_overlap(cells, task, min_overlap)
+    cells, overlap = model_sentences(out, task, seed, **sentence_options)
+    _check_overlap(overlap, cells, min_overlap)
     examples = [
         Example(id=str(name), task=task_name, input={"cell": genes, **extra_input}, target=None,
                 seed=stable_seed(seed, task_name, str(name)))
@@ -317,9 +334,8 @@ def perturb(
             f"Unknown perturbation '{perturbation}'; this model knows: {', '.join(task.context.perturbations)}."
         )
     out = _prepare(adata, copy)
-    max_genes = int(task.options.get("max_genes", 32))
-    cells = [g[:max_genes] for g in _cell_genes(out, max_genes, seed, **sentence_options)]
-    overlap = _check_overlap(cells, task, min_overlap)
+    cells, overlap = model_sentences(out, task, seed, **sentence_options)
+    _check_overlap(overlap, cells, min_overlap)
     examples = [Example(id=str(name), task="perturbation", input={"control": genes, "perturbation": parsed.to_dict()},
                         target=None, seed=stable_seed(seed, "perturb", str(name)))
                 for name, genes in zip(out.obs_names, cells, strict=True)]
