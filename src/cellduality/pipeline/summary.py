@@ -45,7 +45,7 @@ def summary_tables(comparison: dict[str, Any], title: str = "") -> list[Table]:
         methods = [m for m in METHOD_ORDER if any(m in by_metric[x] for x in metrics)]
         methods += sorted({m for x in metrics for m in by_metric[x] if m not in methods})
         table = Table(title=f"{title}{' · ' if title else ''}{task}", title_justify="left")
-        table.add_column("method")
+        table.add_column("method", no_wrap=True)
         for metric in metrics:
             table.add_column(NAMES.get(metric, metric), justify="right")
         for method in methods:
