@@ -158,3 +158,23 @@ def test_cli_rejects_non_model_folder_and_in_place_output(tmp_path, pbmc_small):
     assert "not a CellDuality model" in str(res.exception)
     res = runner.invoke(app, ["annotate", str(path), "--model", str(tmp_path), "--out", str(path)])
     assert isinstance(res.exception, CellDualityError) and "never modified" in str(res.exception)
+
+
+def test_generate_cells_reads_back_and_reconstructs_expression(pbmc_small):
+    from cellduality.inference import generate_cells
+
+    cells = build_cell_sentences(pbmc_small, top_k=32, label_keys=["bulk_labels"], seed=0)
+    task = make_tasks(cells, ["generation"], cells.splits["train"], max_genes=24)["generation"]
+    profiles = class_profiles(cells, task)
+    wanted = "CD19+ B"
+    model = FakeModel({"generation": task},
+                      lambda ps: [format_response("typical B cell", " ".join(profiles[wanted][:20]))] * len(ps),
+                      lambda ps: [format_response("", wanted if i % 2 == 0 else "not a type") for i, _ in enumerate(ps)])
+    model._inverse = cells.inverse
+    out = generate_cells(model, wanted, 4)
+    assert out.n_obs == 4 and out.n_vars == len(cells.inverse.genes)
+    assert list(out.obs["cellduality_consistent"]) == [True, False, True, False]
+    assert (np.asarray(out.X).sum(axis=1) > 0).all()
+    assert out.obs["cellduality_sentence"].iloc[0].split() == profiles[wanted][:20]
+    with pytest.raises(CellDualityError, match="Unknown cell type"):
+        generate_cells(model, "Neuron", 2)

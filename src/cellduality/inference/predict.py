@@ -241,22 +241,41 @@ def predict_sensitivity(
                      min_overlap=min_overlap, seed=seed, copy=copy, device=device, sentence_options=sentence_options)
 
 
-def _expression(mdl: CellDualityModel, sentences: list[list[str]]) -> tuple[np.ndarray, list[str]]:
-    inverse = mdl.inverse
-    return np.asarray(inverse.to_expression([" ".join(s) for s in sentences]), dtype=np.float32), list(inverse.genes)
+@dataclass
+class GeneratedCells:
+    """Primal generations of a generative task, read back by its dual, with their expression."""
+
+    texts: list[str]
+    sentences: list[list[str]]
+    read_back: list[str | None]
+    expression: np.ndarray
+    genes: list[str]
+    unparsed: int
 
 
-def _dual_check(task: Task, mdl: CellDualityModel, answers: list[Any], knowns: list[dict], seeds: list[int],
-                batch_size: int, max_new_tokens: int) -> list[str | None]:
-    """What the model's dual task reads back from each generated cell (None for unparsed)."""
+def generate_and_read_back(task: Task, mdl: CellDualityModel, examples: list[Example], *, do_sample: bool,
+                           temperature: float, batch_size: int, max_new_tokens: int, dual_tokens: int,
+                           seed: int) -> GeneratedCells:
+    """Generate a cell per example, let the dual task read each one back, reconstruct expression.
+
+    The read-back is the categorical duality check of training (does the dual recover the type /
+    perturbation that was asked for?), made here for every generated cell.
+    """
+    texts = mdl.generator(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                          batch_size=batch_size, seed=seed)([task.primal_prompt(ex) for ex in examples])
+    answers = [task.parse_primal(t) for t in texts]
     idx = [i for i, a in enumerate(answers) if a is not None]
-    prompts = [task.dual_prompt(answers[i], knowns[i], seeds[i]) for i in idx]
-    texts = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size)(prompts) if prompts else []
+    prompts = [task.dual_prompt(answers[i], task.split(examples[i])[0], examples[i].seed) for i in idx]
+    dual_texts = mdl.generator(max_new_tokens=dual_tokens, batch_size=batch_size)(prompts) if prompts else []
     back: list[str | None] = [None] * len(answers)
-    for i, text in zip(idx, texts, strict=True):
+    for i, text in zip(idx, dual_texts, strict=True):
         parsed = task.parse_dual(text)
         back[i] = None if parsed is None else task.render_unknown(parsed)
-    return back
+    sentences = [list(a) if a else [] for a in answers]
+    inverse = mdl.inverse
+    expression = np.asarray(inverse.to_expression([" ".join(x) for x in sentences]), dtype=np.float32)
+    return GeneratedCells(texts, sentences, back, expression, list(inverse.genes),
+                          int(sum(a is None for a in answers)))
 
 
 def generate_cells(
@@ -285,23 +304,18 @@ def generate_cells(
         raise CellDualityError("-n must be at least 1.")
     examples = [Example(id=f"generated_{i}", task="generation", input={"cell_type": cell_type}, target=None,
                         seed=stable_seed(seed, "generate", i)) for i in range(n)]
-    texts = mdl.generator(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                          batch_size=batch_size, seed=seed)([task.primal_prompt(ex) for ex in examples])
-    answers = [task.parse_primal(t) for t in texts]
-    knowns = [task.split(ex)[0] for ex in examples]
-    back = _dual_check(task, mdl, answers, knowns, [ex.seed for ex in examples], batch_size, 32)
-    sentences = [list(a) if a else [] for a in answers]
-    X, genes = _expression(mdl, sentences)
+    cells = generate_and_read_back(task, mdl, examples, do_sample=True, temperature=temperature,
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens, dual_tokens=160, seed=seed)
     obs = pd.DataFrame({
         f"{KEY}_requested_cell_type": cell_type,
-        f"{KEY}_sentence": [" ".join(s) for s in sentences],
-        f"{KEY}_reasoning": [extract_reasoning(t) for t in texts],
-        f"{KEY}_dual_cell_type": [b or "unparsed" for b in back],
-        f"{KEY}_consistent": [b == cell_type for b in back],
+        f"{KEY}_sentence": [" ".join(s) for s in cells.sentences],
+        f"{KEY}_reasoning": [extract_reasoning(t) for t in cells.texts],
+        f"{KEY}_dual_cell_type": [b or "unparsed" for b in cells.read_back],
+        f"{KEY}_consistent": [b == cell_type for b in cells.read_back],
     }, index=[ex.id for ex in examples])
-    out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    out = ad.AnnData(X=cells.expression, obs=obs, var=pd.DataFrame(index=cells.genes))
     out.uns[KEY] = {"model": str(mdl.path), "task": "generation", "temperature": temperature, "seed": seed,
-                    "unparsed": int(sum(a is None for a in answers))}
+                    "unparsed": cells.unparsed}
     return out
 
 
@@ -339,27 +353,20 @@ def perturb(
     examples = [Example(id=str(name), task="perturbation", input={"control": genes, "perturbation": parsed.to_dict()},
                         target=None, seed=stable_seed(seed, "perturb", str(name)))
                 for name, genes in zip(out.obs_names, cells, strict=True)]
-    texts = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)(
-        [task.primal_prompt(ex) for ex in examples])
-    answers = [task.parse_primal(t) for t in texts]
-    knowns = [task.split(ex)[0] for ex in examples]
-    back = _dual_check(task, mdl, answers, knowns, [ex.seed for ex in examples], batch_size, 48)
-    sentences = [list(a) if a else [] for a in answers]
-    X, genes = _expression(mdl, sentences)
-    index = pd.Index(genes)
+    generated = generate_and_read_back(task, mdl, examples, do_sample=False, temperature=1.0,
+                                       batch_size=batch_size, max_new_tokens=max_new_tokens, dual_tokens=160, seed=seed)
     target = np.zeros((out.n_obs, out.n_vars), dtype=np.float32)
-    upper = pd.Index([str(v).upper() for v in out.var_names])
-    where = index.get_indexer(upper)
+    where = pd.Index(generated.genes).get_indexer(pd.Index([str(v).upper() for v in out.var_names]))
     hit = where >= 0
-    target[:, hit] = X[:, where[hit]]
-    out.obs[f"{KEY}_perturbed_sentence"] = [" ".join(s) for s in sentences]
-    out.obs[f"{KEY}_reasoning"] = [extract_reasoning(t) for t in texts]
-    out.obs[f"{KEY}_dual_perturbation"] = [b or "unparsed" for b in back]
-    out.obs[f"{KEY}_consistent"] = [b == parsed.render() for b in back]
+    target[:, hit] = generated.expression[:, where[hit]]
+    out.obs[f"{KEY}_perturbed_sentence"] = [" ".join(s) for s in generated.sentences]
+    out.obs[f"{KEY}_reasoning"] = [extract_reasoning(t) for t in generated.texts]
+    out.obs[f"{KEY}_dual_perturbation"] = [b or "unparsed" for b in generated.read_back]
+    out.obs[f"{KEY}_consistent"] = [b == parsed.render() for b in generated.read_back]
     out.obsm[f"{KEY}_perturbed"] = target
     out.uns.setdefault(KEY, {})["perturbation"] = {
         "model": str(mdl.path), "perturbation": parsed.render(), "seed": seed,
-        "unparsed": int(sum(a is None for a in answers)), "genes_mapped": int(hit.sum()), **overlap,
+        "unparsed": generated.unparsed, "genes_mapped": int(hit.sum()), **overlap,
     }
     return out
 
