@@ -153,10 +153,10 @@ def write_comparison_report(
     if gaps:
         lines += ["## Gap closed by duality RL", "",
                   "(duality − SFT) / (oracle − SFT) of the seed means: 100% = as good as the ground-truth oracle, "
-                  "0% = no better than SFT.", "", "| Task | Metric | Gap closed |", "|---|---|---|"]
+                  "0% = no better than SFT; undefined when the oracle did not beat SFT.", "", "| Task | Metric | Gap closed |", "|---|---|---|"]
         for task, by_metric in gaps.items():
             for metric, value in by_metric.items():
-                shown = f"{100 * value:.1f}%" if math.isfinite(value) else "– (oracle = SFT)"
+                shown = f"{100 * value:.1f}%" if math.isfinite(value) else "– (oracle not better than SFT)"
                 lines.append(f"| {task} | {_header(metric)} | {shown} |")
         lines.append("")
     out = Path(out_dir)
