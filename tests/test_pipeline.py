@@ -72,3 +72,20 @@ def test_merge_task_dirs(tmp_path, pbmc_small):
     assert len(rl["train"]) == n
     with pytest.raises(CellDualityError, match="two datasets"):
         merge_task_dirs([a, a], tmp_path / "m2")
+
+
+def test_atomic_dir_replaces_on_success_and_keeps_old_output_on_failure(tmp_path):
+    from cellduality.paths import atomic_dir
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert (out / "a.txt").read_text() == "first"  # the interrupted write left nothing behind
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    with atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]

@@ -22,8 +22,6 @@ as its own dual -- separates right from wrong primal answers:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from cellduality.errors import CellDualityError
 from cellduality.evaluation import metrics as M
 from cellduality.evaluation.baselines import load_inverse, load_rows, run_baselines
 from cellduality.evaluation.scoring import GenerativeScorer, TaskRows, score_classification
+from cellduality.paths import atomic_dir
 
 GenerateFn = Callable[[list[str]], list[str]]
 
@@ -102,9 +101,7 @@ def evaluate_generate(
         raise CellDualityError(f"task(s) {unknown} are not in {tasks_dir}; it has: {', '.join(loaded)}.")
     inverse = load_inverse(tasks_dir)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         results: dict[str, dict[str, float]] = {}
         scorers: dict[str, GenerativeScorer] = {}
         for name in names:
@@ -141,12 +138,6 @@ def evaluate_generate(
         (tmp / "run.json").write_text(json.dumps({"tasks_dir": str(tasks_dir), "seed": seed,
                                                   "max_examples": max_examples, **(run_info or {})}, indent=1))
         write_task_report(results, tmp, baselines=base)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cellduality.config import validate_config
 from cellduality.errors import CellDualityError
+from cellduality.paths import atomic_dir
 
 
 def merge_task_dirs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def merge_task_dirs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     """
     from datasets import DatasetDict, concatenate_datasets
 
-    from cellduality.tasks.builders import FOLDERS, load_task_datasets
+    from cellduality.tasks.builders import FOLDERS, LINEAGE_FILES, load_task_datasets
 
     manifests = [json.loads((Path(d) / "tasks.json").read_text()) for d in dirs]
     merged_tasks: dict[str, Any] = {}
@@ -35,30 +35,23 @@ def merge_task_dirs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             if name in merged_tasks:
                 raise CellDualityError(f"Task '{name}' comes from two datasets (second: {d}); give each task one dataset.")
             merged_tasks[name] = entry
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for folder in FOLDERS:
             parts = [load_task_datasets(d, folder) for d in dirs]
-            splits = sorted({s for p in parts for s in p})
-            merged = DatasetDict({
-                s: concatenate_datasets([p[s] for p in parts if s in p and len(p[s])]).shuffle(seed=0)
-                if s == "train" else concatenate_datasets([p[s] for p in parts if s in p and len(p[s])])
-                for s in splits if any(s in p and len(p[s]) for p in parts)
-            })
+            merged = DatasetDict()
+            for split in sorted({s for part in parts for s in part}):
+                present = [part[split] for part in parts if split in part and len(part[split])]
+                if present:
+                    rows = concatenate_datasets(present)
+                    merged[split] = rows.shuffle(seed=0) if split == "train" else rows
             merged.save_to_disk(str(tmp / folder))
         manifest = {**manifests[0], "tasks": merged_tasks, "merged_from": [str(d) for d in dirs],
                     "counts": {k: v for m in manifests for k, v in m.get("counts", {}).items()}}
         (tmp / "tasks.json").write_text(json.dumps(manifest, indent=1))
-        for name in ("inverse.json", "vocabulary.json"):
+        for name in LINEAGE_FILES:
             source = Path(dirs[0]) / name
             if source.is_file():
                 shutil.copy2(source, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {"tasks": sorted(merged_tasks)}
 
 

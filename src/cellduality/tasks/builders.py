@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellduality.errors import CellDualityError
+from cellduality.paths import atomic_dir
 from cellduality.tasks.base import TASKS, Example, Task, TaskContext, dumps, get_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,34 +43,31 @@ LINEAGE_FILES = ("inverse.json", "vocabulary.json")
 # --------------------------------------------------------------------------------------------
 
 
-def primal_row(task: Task, example: Example) -> dict[str, Any]:
+def _labelled_row(task: Task, example: Example, prompt: str, answer: str) -> dict[str, Any]:
+    """A supervised row (primal or dual): the prompt, its reference answer and the whole example."""
     known, unknown = task.split(example)
     return {
         "id": example.id,
         "task": task.name,
-        "prompt": task.primal_prompt(example),
-        "answer": task.render_answer(example.target),
+        "prompt": prompt,
+        "answer": answer,
         "known": dumps(known),
         "unknown": dumps(unknown),
         "target": dumps(example.target),
         "seed": example.seed,
         "meta": dumps(example.meta),
     }
+
+
+def primal_row(task: Task, example: Example) -> dict[str, Any]:
+    return _labelled_row(task, example, task.primal_prompt(example), task.render_answer(example.target))
 
 
 def dual_row(task: Task, example: Example) -> dict[str, Any]:
+    """Paper §3.3.1: prompt from ``(y*, x_k)``, answer ``x_u``."""
     known, unknown = task.split(example)
-    return {
-        "id": example.id,
-        "task": task.name,
-        "prompt": task.dual_prompt(example.target, known, example.seed),
-        "answer": task.render_unknown(unknown),
-        "known": dumps(known),
-        "unknown": dumps(unknown),
-        "target": dumps(example.target),
-        "seed": example.seed,
-        "meta": dumps(example.meta),
-    }
+    return _labelled_row(task, example, task.dual_prompt(example.target, known, example.seed),
+                         task.render_unknown(unknown))
 
 
 def rl_row(task: Task, example: Example) -> dict[str, Any]:
@@ -244,27 +241,21 @@ def build_task_datasets(
         "max_genes": max_genes,
         "counts": counts,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # small folders: per-shard bars are noise
     try:
-        for folder, make_row in ROW_BUILDERS.items():
-            DatasetDict({
-                split: Dataset.from_list([make_row(tasks[name], ex) for name, ex in rows]) if rows
-                else _empty(folder)
-                for split, rows in selected.items()
-            }).save_to_disk(str(tmp / folder))
-        _write_lineage(cells, sentences_dir, tmp)
-        (tmp / "tasks.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:
+            for folder, make_row in ROW_BUILDERS.items():
+                DatasetDict({
+                    split: Dataset.from_list([make_row(tasks[name], ex) for name, ex in rows]) if rows
+                    else _empty(folder)
+                    for split, rows in selected.items()
+                }).save_to_disk(str(tmp / folder))
+            _write_lineage(cells, sentences_dir, tmp)
+            (tmp / "tasks.json").write_text(json.dumps(manifest, indent=1))
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
