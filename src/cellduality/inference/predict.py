@@ -14,7 +14,6 @@ the caller's other data is never touched and input files are never modified.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -121,14 +120,10 @@ def model_sentences(adata: AnnData, task: Task, seed: int, **sentence_options: A
 
     vocab = task.context.genes
     max_genes = int(task.options.get("max_genes", 32))
-    ranked = to_sentences(adata, top_k=RANK_DEPTH, seed=seed, **sentence_options)
-    cells, expressed = [], set()
-    for sentence in ranked:
-        genes = sentence.split()
-        expressed.update(genes)
-        cells.append([g for g in genes if g in vocab][:max_genes])
-    return cells, {"model_genes": len(vocab), "model_genes_in_data": len(vocab & expressed),
-                   "overlap": round(len(vocab & expressed) / max(1, len(vocab)), 4)}
+    ranked = [sentence.split() for sentence in to_sentences(adata, top_k=RANK_DEPTH, seed=seed, **sentence_options)]
+    cells = [[g for g in genes if g in vocab][:max_genes] for genes in ranked]
+    known, total = gene_overlap(ranked, vocab)
+    return cells, {"model_genes": total, "model_genes_in_data": known, "overlap": round(known / max(1, total), 4)}
 
 
 def gene_overlap(cells: list[list[str]], vocabulary: frozenset[str] | set[str]) -> tuple[int, int]:
@@ -371,11 +366,6 @@ def perturb(
     return out
 
 
-def vote_summary(labels: list[Any]) -> dict[str, int]:
-    """Counts of each predicted label (for the CLI's summary table)."""
-    return dict(Counter(str(x) for x in labels).most_common())
-
-
 __all__ = [
     "RankedAnswer",
     "annotate",
@@ -384,6 +374,5 @@ __all__ = [
     "generate_cells",
     "perturb",
     "predict_sensitivity",
-    "vote_summary",
 ]
 

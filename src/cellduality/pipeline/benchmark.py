@@ -24,6 +24,7 @@ from rich.console import Console
 from cellduality.config import StrictModel, load_config
 from cellduality.errors import CellDualityError
 from cellduality.pipeline.quickstart import DatasetSettings, QuickstartSettings, run_quickstart
+from cellduality.pipeline.training import method_folder
 
 BUDGETS = ("tiny", "small", "full")
 
@@ -67,13 +68,8 @@ def _available(names: list[str], data_dir: Path | None) -> tuple[list[str], dict
     return ok, missing
 
 
-def _slug(method: str) -> str:
-    """The folder name ``evaluate_stage`` gives a method's results."""
-    return method.replace(" ", "_").replace("-", "_").lower()
-
-
 def _metrics(run: Path, method: str, dataset: str) -> dict[str, Any]:
-    folder = run / "evaluation" / _slug(method)
+    folder = run / "evaluation" / method_folder(method)
     return json.loads((folder / dataset / "metrics.json").read_text())
 
 
@@ -154,7 +150,7 @@ def run_benchmark(
                                    seed)
                 for method in methods:
                     runs.setdefault(f"{name} (generalist, OOD)", {}).setdefault(method, []).append(
-                        json.loads((ood_dir / _slug(method) / name / "metrics.json").read_text()))
+                        json.loads((ood_dir / method_folder(method) / name / "metrics.json").read_text()))
 
     tables = {}
     for name, by_method in runs.items():

@@ -80,6 +80,11 @@ def grpo_stage(tasks_dir: Path, out: Path, sft_model: Path, mode: str, options: 
     return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
 
 
+def method_folder(method: str) -> str:
+    """The folder a method's evaluation is written to (``"duality RL"`` -> ``duality_rl``)."""
+    return method.replace(" ", "_").replace("-", "_").lower()
+
+
 def evaluate_stage(models: Mapping[str, Path], task_dirs: Mapping[str, Path], out: Path,
                    options: Mapping[str, Any], seed: int, *, sft: str = "SFT-only", duality: str = "duality RL",
                    oracle: str = "oracle RL") -> dict[str, Any]:
@@ -98,7 +103,7 @@ def evaluate_stage(models: Mapping[str, Path], task_dirs: Mapping[str, Path], ou
     for i, (method, model_dir) in enumerate(models.items()):
         merged: dict[str, Any] = {}
         for name, tasks_dir in task_dirs.items():
-            run_dir = out / method.replace(" ", "_").replace("-", "_").lower() / name  # benchmark._slug
+            run_dir = out / method_folder(method) / name
             metrics = evaluate_model(model_dir, tasks_dir, run_dir, seed=seed, baselines=i == 0, **options)
             for task, values in metrics.items():
                 merged[f"{name}/{task}" if qualify else task] = values
