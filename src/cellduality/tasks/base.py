@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from cellduality.errors import CellDualityError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cellduality.faithfulness import FaithfulnessReport
     from cellduality.sentences import CellSentenceDataset
 
 Known = dict[str, Any]
@@ -214,6 +215,32 @@ class Task(ABC):
         if value != value:  # NaN
             return 0.0
         return min(1.0, max(0.0, value))
+
+    # ---- faithfulness of the reasoning (cellduality.faithfulness) -----------------------------
+    def claim_cells(self, prompt: Any, response: str) -> tuple[list[str] | None, list[str] | None]:
+        """The cells a primal response's rank claims are about: ``(cell, after)``.
+
+        Read from the prompt and the response only -- never from a label -- so checking the
+        reasoning is a label-free reward. ``after`` is the cell the right side of ``rank N → M``
+        refers to. Default: no cell (cell claims stay unchecked); tasks override it.
+        """
+        return None, None
+
+    def check_reasoning(self, prompt: Any, response: str, knowledge: Any = None) -> FaithfulnessReport:
+        """Per-claim verdicts on a primal response's ``<think>`` text and its faithfulness score.
+
+        ``knowledge`` is the :class:`~cellduality.teacher.knowledge.ClassProfiles` the offline
+        teacher fitted for this task; without it claims about the training data are unchecked.
+        """
+        from cellduality.faithfulness import ClaimContext, check_text
+
+        classification = self.kind == "classification"
+        answer = self.parse_primal(response) if classification else None
+        cell, after = self.claim_cells(prompt, response)
+        context = ClaimContext(cell=cell, after=after, genes=self.context.genes,
+                               labels=self.context.labels if classification else (),
+                               answer=None if answer is None else self.render_answer(answer), knowledge=knowledge)
+        return check_text(extract_reasoning(response), context)
 
     def reference_response(self, example: Example, reasoning: str = "") -> str:
         """A well-formed primal response carrying the reference answer (used by SFT data)."""

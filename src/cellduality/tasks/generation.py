@@ -129,3 +129,8 @@ class GenerationTask(Task):
 
     def ground_truth_score(self, target: Answer, answer: Answer | None) -> float:
         return rwjs(target, answer) if answer else 0.0
+
+    def claim_cells(self, prompt: Any, response: str) -> tuple[list[str] | None, list[str] | None]:
+        """The reasoning cites ranks of the cell it writes: the answer's own cell."""
+        genes = self.parse_primal(response)
+        return (list(genes) if genes else None), None

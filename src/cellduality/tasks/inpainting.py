@@ -191,3 +191,10 @@ class InpaintingTask(Task):
         if answer is None or target is None:
             return 0.0
         return float(normalise_label(str(answer)) == normalise_label(str(target)))
+
+    def claim_cells(self, prompt: Any, response: str) -> tuple[list[str] | None, list[str] | None]:
+        """The reasoning cites ranks of the input cell, read back from the primal prompt."""
+        from cellduality.faithfulness import prompt_field
+
+        cell = prompt_field(prompt, self.primal_templates, "cell")
+        return (cell.split() if cell else None), None

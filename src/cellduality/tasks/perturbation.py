@@ -355,3 +355,11 @@ class PerturbationTask(Task):
 
     def ground_truth_score(self, target: Answer, answer: Answer | None) -> float:
         return rwjs(target, answer) if answer else 0.0
+
+    def claim_cells(self, prompt: Any, response: str) -> tuple[list[str] | None, list[str] | None]:
+        """``rank N → M``: N in the control cell of the prompt, M in the answer's perturbed cell."""
+        from cellduality.faithfulness import prompt_field
+
+        control = prompt_field(prompt, self.primal_templates, "control")
+        after = self.parse_primal(response)
+        return (control.split() if control else None), (list(after) if after else None)

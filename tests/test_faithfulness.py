@@ -1,0 +1,149 @@
+"""Faithfulness of the reasoning on real cells (pbmc68k_reduced): the teacher's own traces are
+100% true, and adversarial texts -- a real gene at a wrong rank, a gene not in the cell, a made-up
+gene, a wrong training frequency, a conclusion that contradicts the answer -- are caught."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cellduality.faithfulness import (
+    FaithfulnessReward,
+    rewrite_reasoning,
+    summarise,
+    training_knowledge,
+)
+from cellduality.tasks import build_task_datasets, load_tasks
+from cellduality.tasks.base import format_response
+from cellduality.tasks.builders import load_task_datasets
+from cellduality.teacher import OfflineTeacher
+from cellduality.teacher.build import request_for_row
+from test_builders import to_cells
+
+
+@pytest.fixture(scope="module")
+def pbmc(pbmc_small, tmp_path_factory):
+    """Tasks folder, its tasks, the teacher fitted on it and the checker's knowledge."""
+    out = tmp_path_factory.mktemp("pbmc") / "tasks"
+    build_task_datasets(to_cells(pbmc_small, "bulk_labels", top_k=64, raw=True), ["annotation", "generation"], out,
+                        max_genes=24, seed=0)
+    tasks = load_tasks(out)
+    primal = load_task_datasets(out, "primal")
+    teacher = OfflineTeacher(tasks).fit(primal["train"])
+    return {"dir": out, "tasks": tasks, "test": list(primal["test"]), "teacher": teacher,
+            "knowledge": training_knowledge(out, tasks)}
+
+
+def _teacher_texts(pbmc, task: str, n: int = 3):
+    rows = [r for r in pbmc["test"] if r["task"] == task]
+    gens = pbmc["teacher"].generate([request_for_row("test", "primal", r) for r in rows], n=n)
+    return [(row["prompt"], text) for row, gen in zip(rows, gens, strict=True) for text in gen.texts]
+
+
+@pytest.mark.parametrize("task", ["annotation", "generation"])
+def test_teacher_traces_are_fully_faithful(pbmc, task):
+    pairs = _teacher_texts(pbmc, task)
+    reports = [pbmc["tasks"][task].check_reasoning(p, t, pbmc["knowledge"][task]) for p, t in pairs]
+    stats = summarise(reports)
+    assert stats["n_claims"] > 3 * len(pairs)  # ranks, frequencies (and conclusions) are all extracted
+    assert stats["faithful_claims"] == 1.0 and stats["faithful_responses"] == 1.0, [
+        c for r in reports for c in r.claims if c.verdict != "true"][:3]
+    assert stats["rank_claims_exact"] == 1.0
+    if task == "annotation":
+        assert stats["conclusion_match"] == 1.0
+        assert all(r.conclusion is not None for r in reports)
+
+
+@pytest.fixture(scope="module")
+def case(pbmc):
+    """One real annotation test prompt, its cell (read back from the prompt) and two labels."""
+    task = pbmc["tasks"]["annotation"]
+    row = next(r for r in pbmc["test"] if r["task"] == "annotation")
+    cell, _ = task.claim_cells(row["prompt"], "")
+    assert cell and 2 <= len(cell) <= 24 and " ".join(cell) in row["prompt"]
+    absent = sorted(g for g in task.context.genes if g not in cell)[0]
+    label, other = task.context.labels[0], task.context.labels[1]
+    return {"task": task, "prompt": row["prompt"], "cell": cell, "absent": absent, "label": label, "other": other,
+            "profiles": pbmc["knowledge"]["annotation"]}
+
+
+def _check(case, reasoning, answer=None, knowledge=True):
+    text = format_response(reasoning, answer or case["label"])
+    return case["task"].check_reasoning(case["prompt"], text, case["profiles"] if knowledge else None)
+
+
+def test_true_rank_claims_in_every_phrasing(case):
+    g1, g2, g3 = case["cell"][:3]
+    report = _check(case, f"{g1} at rank 1, {g2} (rank 2) and {g3} is among the top 5. "
+                          f"So the cell is most consistent with {case['label']}.")
+    assert [c.kind for c in report.claims] == ["rank", "rank", "top", "conclusion"]
+    assert report.all_true and report.score == 1.0
+
+
+def test_real_gene_at_a_wrong_rank(case):
+    gene = case["cell"][0]
+    report = _check(case, f"{gene} at rank 7 points to {case['label']}.")
+    claim = report.claims[0]
+    assert claim.verdict == "false" and claim.reason == f"{gene} is at rank 1 of the input cell"
+    assert report.score == 0.5 and not report.all_true
+
+
+def test_gene_not_in_the_cell_and_made_up_gene(case):
+    report = _check(case, f"{case['absent']} (rank 2) and FAKEGENE9 at rank 3 matter; {case['absent']} is "
+                          f"among the top 10. {case['cell'][-1]} is absent.")
+    reasons = [c.reason for c in report.claims]
+    assert reasons[0] == f"{case['absent']} is not in the input cell"
+    assert "made-up gene" in reasons[1]
+    assert all(c.verdict == "false" for c in report.claims) and len(report.claims) == 4
+    assert summarise([report])["rank_claims_in_cell"] == 0.0
+
+
+def test_training_frequency_claims(case):
+    profiles, label, gene = case["profiles"], case["label"], case["cell"][0]
+    inside, outside = (round(100 * x) for x in profiles.frequency_of(gene, label))
+    good = _check(case, f"{gene} at rank 1 ({inside}% of {label} cells, {outside}% elsewhere).")
+    assert [c.verdict for c in good.claims] == ["true", "true"]
+    wrong = (inside + 40) % 100
+    bad = _check(case, f"{gene} (rank 1; in {wrong}% of {label} training cells vs {outside}% of others)")
+    assert bad.claims[1].kind == "frequency" and bad.claims[1].verdict == "false"
+    assert f"{inside}% of {label}" in bad.claims[1].reason
+    unknown = _check(case, f"{gene} at rank 1 ({wrong}% of {label} cells, {outside}% elsewhere).", knowledge=False)
+    assert unknown.claims[1].verdict == "unchecked" and unknown.score == 1.0  # unchecked claims are not scored
+    assert unknown.notes and "unchecked" in unknown.notes[0]
+
+
+def test_conclusion_that_contradicts_the_answer(case):
+    report = _check(case, f"{case['cell'][0]} at rank 1. This profile matches {case['other']} best.")
+    assert report.conclusion == case["other"]
+    assert report.conclusion_matches is False and report.claims[-1].reason == f"the answer is {case['label']}"
+    malformed = case["task"].check_reasoning(case["prompt"], f"<think> It matches {case['label']}. </think>")
+    assert malformed.conclusion_matches is False  # no valid <answer> to agree with
+
+
+def test_mark_drop_keep(case):
+    g1, g2 = case["cell"][:2]
+    report = _check(case, f"{g1} at rank 1 is high. {g2} at rank 9 is also high. Together these point to "
+                          f"{case['label']}.")
+    marked = rewrite_reasoning(report, "mark")
+    assert f"[unverified: {g2} at rank 9 — {g2} is at rank 2 of the input cell]" in marked
+    assert f"{g1} at rank 1 is high." in marked
+    dropped = rewrite_reasoning(report, "drop")
+    assert g2 not in dropped and dropped.startswith(f"{g1} at rank 1 is high.") and case["label"] in dropped
+    assert rewrite_reasoning(report, "keep") == report.reasoning
+
+
+def test_reward_is_label_free_and_reads_chat_prompts(pbmc, case):
+    reward = FaithfulnessReward(pbmc["tasks"], pbmc["knowledge"])
+    prompt, teacher_text = _teacher_texts(pbmc, "annotation", n=1)[0]
+    chat = [{"role": "user", "content": prompt}]  # conversational prompt: the cell is still found
+    wrapped = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"  # chat-template text
+    gene = case["cell"][0]
+    lying = format_response(f"{gene} at rank 4. It matches {case['label']}.", case["label"])
+    scores = reward([chat, wrapped, case["prompt"], case["prompt"]],
+                    [teacher_text, teacher_text, lying, format_response("", case["label"])],
+                    task=["annotation"] * 4)  # no target column: nothing label-based is read
+    assert scores[:2] == [1.0, 1.0]
+    assert scores[2] == 0.5  # false rank, true conclusion
+    assert scores[3] == 0.0  # no claim is not rewarded over true claims
+    assert not math.isnan(sum(scores))
