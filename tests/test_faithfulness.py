@@ -147,3 +147,36 @@ def test_reward_is_label_free_and_reads_chat_prompts(pbmc, case):
     assert scores[2] == 0.5  # false rank, true conclusion
     assert scores[3] == 0.0  # no claim is not rewarded over true claims
     assert not math.isnan(sum(scores))
+
+
+def test_evaluation_reports_faithfulness_beside_accuracy(pbmc, tmp_path):
+    import pandas as pd
+
+    from cellduality.evaluation.evaluate import evaluate_generate
+
+    teacher = dict(_teacher_texts(pbmc, "annotation", n=1))
+    lying = {p: t.replace("(rank 1;", "(rank 2;").replace("at rank 1 ", "at rank 2 ") for p, t in teacher.items()}
+    runs = {}
+    for name, answers in (("teacher", teacher), ("lying", lying)):
+        runs[name] = evaluate_generate(lambda ps, a=answers: [a[p] for p in ps], pbmc["dir"], tmp_path / name,
+                                       tasks=["annotation"], baselines=False, reward_validity=False)["annotation"]
+    assert runs["teacher"]["faithful_claims"] == 1.0 and runs["teacher"]["conclusion_match"] == 1.0
+    assert runs["lying"]["faithful_claims"] < 1.0 and runs["lying"]["faithful_responses"] < 1.0
+    assert runs["lying"]["accuracy"] == runs["teacher"]["accuracy"]  # same answers, less faithful reasoning
+    table = pd.read_csv(tmp_path / "lying" / "predictions_annotation.csv")
+    assert {"faithfulness", "false_claims", "conclusion_matches"} <= set(table.columns)
+    assert table["false_claims"].sum() > 0
+    report = (tmp_path / "teacher" / "report.md").read_text()
+    assert "true claims (%)" in report and "100.00" in report
+
+
+def test_sft_ceiling(pbmc, tmp_path):
+    from cellduality.faithfulness import sft_faithfulness
+    from cellduality.teacher.build import build_sft
+    from cellduality.teacher.config import TeachConfig
+
+    build_sft(pbmc["dir"], tmp_path / "sft", TeachConfig(n=2, max_examples=30, max_test_examples=5),
+              teacher=pbmc["teacher"])
+    ceiling = sft_faithfulness(tmp_path / "sft", pbmc["dir"])
+    assert set(ceiling) == {"annotation", "generation"}
+    assert all(m["faithful_claims"] == 1.0 and m["n_claims"] > 30 for m in ceiling.values())

@@ -521,3 +521,54 @@ class FaithfulnessReward:
                 score = 0.0
             out.append(0.0 if score != score else float(score))
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation helpers: a model's predictions and the teacher's SFT traces (the ceiling)
+# --------------------------------------------------------------------------------------------
+
+METRICS = ("faithful_claims", "faithful_responses", "conclusion_match")
+"""The faithfulness columns shown beside accuracy in reports."""
+
+
+def knowledge_or_none(tasks_dir: str | Path, tasks: Mapping[str, Task]) -> dict[str, ClassProfiles]:
+    """:func:`training_knowledge`, or ``{}`` when the folder cannot serve it (training claims unchecked)."""
+    from cellduality.errors import CellDualityError
+
+    try:
+        return training_knowledge(tasks_dir, tasks)
+    except (CellDualityError, FileNotFoundError, KeyError, ValueError):
+        return {}
+
+
+def score_responses(task: Task, prompts: Sequence[Any], responses: Sequence[str],
+                    knowledge: ClassProfiles | None = None,
+                    table: dict[str, list] | None = None) -> dict[str, float]:
+    """Check every response and return :func:`summarise`'s metrics (prefixed as in ``metrics.json``).
+
+    With ``table`` (a predictions table), adds per-row columns ``faithfulness`` (score),
+    ``false_claims`` (count) and ``conclusion_matches``.
+    """
+    reports = [task.check_reasoning(p, r, knowledge) for p, r in zip(prompts, responses, strict=True)]
+    if table is not None:
+        table["faithfulness"] = [r.score for r in reports]
+        table["false_claims"] = [r.n_false for r in reports]
+        table["conclusion_matches"] = [r.conclusion_matches for r in reports]
+    return summarise(reports)
+
+
+def sft_faithfulness(sft_dir: str | Path, tasks_dir: str | Path, split: str = "train") -> dict[str, dict[str, float]]:
+    """Faithfulness of the teacher's primal SFT traces per task: the ceiling a student can reach."""
+    from cellduality.tasks.builders import load_tasks
+    from cellduality.training.sft import load_sft_data
+
+    tasks = load_tasks(tasks_dir)
+    knowledge = knowledge_or_none(tasks_dir, tasks)
+    rows = [r for r in load_sft_data(sft_dir)[split] if r["direction"] == "primal" and r["task"] in tasks]
+    out = {}
+    for name, task in tasks.items():
+        mine = [r for r in rows if r["task"] == name]
+        if mine:
+            out[name] = score_responses(task, [r["prompt"] for r in mine], [r["completion"] for r in mine],
+                                        knowledge.get(name))
+    return out

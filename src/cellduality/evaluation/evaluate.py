@@ -32,6 +32,7 @@ from cellduality.errors import CellDualityError
 from cellduality.evaluation import metrics as M
 from cellduality.evaluation.baselines import load_inverse, load_rows, run_baselines
 from cellduality.evaluation.scoring import GenerativeScorer, TaskRows, score_classification
+from cellduality.faithfulness import knowledge_or_none, score_responses
 from cellduality.paths import atomic_dir
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -100,6 +101,7 @@ def evaluate_generate(
     if unknown:
         raise CellDualityError(f"task(s) {unknown} are not in {tasks_dir}; it has: {', '.join(loaded)}.")
     inverse = load_inverse(tasks_dir)
+    knowledge = knowledge_or_none(tasks_dir, loaded)  # the teacher's training frequencies, for faithfulness
 
     with atomic_dir(out) as tmp:
         results: dict[str, dict[str, float]] = {}
@@ -127,6 +129,7 @@ def evaluate_generate(
                 embedded, valid = scorer.embed_predictions(parsed)
                 plots.embedding_png(scorer.real_test, embedded, tmp / f"embedding_{name}.png",
                                     title=f"{name}: generated vs real test cells (PCA of the embedding)")
+            metrics.update(score_responses(task, test.prompts, outputs, knowledge.get(name), table))
             if reward_validity:
                 metrics.update(_reward_validity(task, test, outputs, parsed, generate, table, seed))
             results[name] = metrics

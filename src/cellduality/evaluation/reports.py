@@ -25,11 +25,13 @@ Metrics = Mapping[str, Mapping[str, float]]
 """``{task: {metric: value}}`` as in ``metrics.json``."""
 
 HEADLINE = ("accuracy", "macro_f1", "knn@3", "knn@5", "knn@10", "knn@25", "gw", "scfid", "mmd", "wasserstein")
-EXTRA = ("malformed_rate", "valid_rate")
+EXTRA = ("malformed_rate", "valid_rate", "faithful_claims", "faithful_responses", "conclusion_match")
 VALIDITY = ("reward_auc", "reward_auc_contrast", "reward_spearman", "duality_reward")
-PERCENT = ("accuracy", "macro_f1", "knn@", "malformed_rate", "valid_rate")
+PERCENT = ("accuracy", "macro_f1", "knn@", "malformed_rate", "valid_rate", "faithful_", "conclusion_match")
 NAMES = {"accuracy": "Acc.", "macro_f1": "F1", "gw": "GW", "scfid": "scFID", "mmd": "MMD",
          "wasserstein": "Wasserstein", "malformed_rate": "malformed", "valid_rate": "valid",
+         "faithful_claims": "true claims", "faithful_responses": "all claims true",
+         "conclusion_match": "conclusion = answer",
          "reward_auc": "AUC (own answers)", "reward_auc_contrast": "AUC (right vs wrong)",
          "reward_spearman": "Spearman (reward, RWJS)", "duality_reward": "mean reward"}
 

@@ -11,9 +11,11 @@ from rich.table import Table
 
 # headline metric per task, and whether higher is better
 HEADLINE = {
-    "annotation": ("accuracy", "macro_f1", "malformed_rate", "reward_auc", "reward_auc_contrast"),
-    "sensitivity": ("accuracy", "macro_f1", "malformed_rate", "reward_auc", "reward_auc_contrast"),
-    "generation": ("knn@10", "gw", "valid_rate", "reward_auc_contrast"),
+    "annotation": ("accuracy", "macro_f1", "malformed_rate", "faithful_claims", "faithful_responses",
+                   "reward_auc", "reward_auc_contrast"),
+    "sensitivity": ("accuracy", "macro_f1", "malformed_rate", "faithful_claims", "faithful_responses",
+                    "reward_auc", "reward_auc_contrast"),
+    "generation": ("knn@10", "gw", "valid_rate", "faithful_claims", "reward_auc_contrast"),
     "perturbation": ("scfid", "mmd", "valid_rate", "reward_auc_contrast"),
 }
 METHOD_ORDER = ("SFT-only", "duality RL", "oracle RL")
@@ -22,7 +24,7 @@ METHOD_ORDER = ("SFT-only", "duality RL", "oracle RL")
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or not math.isfinite(value):
         return "–"
-    if metric in ("accuracy", "macro_f1", "malformed_rate", "valid_rate") or metric.startswith("knn@"):
+    if metric in ("accuracy", "macro_f1", "malformed_rate", "valid_rate") or metric.startswith(("knn@", "faithful_")):
         return f"{100 * value:.1f}%"
     return f"{value:.3f}"
 
@@ -33,7 +35,8 @@ def _task_kind(task: str) -> str:
 
 NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "malformed_rate": "malformed", "valid_rate": "valid",
          "reward_auc": "reward AUC", "reward_auc_contrast": "AUC vs wrong", "knn@10": "kNN@10", "gw": "GW ↓",
-         "scfid": "scFID ↓", "mmd": "MMD ↓"}
+         "scfid": "scFID ↓", "mmd": "MMD ↓", "faithful_claims": "true claims",
+         "faithful_responses": "all claims true"}
 
 
 def summary_tables(comparison: dict[str, Any], title: str = "") -> list[Table]:
