@@ -180,3 +180,15 @@ def test_sft_ceiling(pbmc, tmp_path):
     ceiling = sft_faithfulness(tmp_path / "sft", pbmc["dir"])
     assert set(ceiling) == {"annotation", "generation"}
     assert all(m["faithful_claims"] == 1.0 and m["n_claims"] > 30 for m in ceiling.values())
+
+
+def test_grpo_adds_the_faithfulness_reward_with_its_weight(pbmc, tmp_path):
+    from cellduality.faithfulness import faithfulness_rewards
+    from cellduality.training.grpo import GRPOSettings, build_grpo_config
+
+    assert faithfulness_rewards(pbmc["tasks"], pbmc["dir"], 0.0) == []
+    (reward,) = faithfulness_rewards(pbmc["tasks"], pbmc["dir"], 0.5)
+    assert reward.__name__ == "faithfulness" and set(reward.knowledge) == {"annotation", "generation"}
+    on = build_grpo_config(GRPOSettings(faithfulness_weight=0.5), tmp_path / "on", target="cpu")
+    off = build_grpo_config(GRPOSettings(), tmp_path / "off", target="cpu")
+    assert list(on.reward_weights) == [1.0, 0.5] and off.reward_weights is None

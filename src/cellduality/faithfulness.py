@@ -572,3 +572,10 @@ def sft_faithfulness(sft_dir: str | Path, tasks_dir: str | Path, split: str = "t
             out[name] = score_responses(task, [r["prompt"] for r in mine], [r["completion"] for r in mine],
                                         knowledge.get(name))
     return out
+
+
+def faithfulness_rewards(tasks: Mapping[str, Task], tasks_dir: str | Path, weight: float) -> list[FaithfulnessReward]:
+    """GRPO's second reward (``[]`` when ``weight`` is 0); its weight goes to TRL's ``reward_weights``."""
+    if weight <= 0:
+        return []
+    return [FaithfulnessReward(tasks, knowledge_or_none(tasks_dir, tasks))]

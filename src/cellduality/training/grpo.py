@@ -81,6 +81,8 @@ class GRPOSettings(StrictModel):
     # the dual pass of the duality reward
     dual_max_new_tokens: int = Field(256, ge=1)
     dual_temperature: float = Field(0.0, ge=0, description="0 = greedy dual decoding")
+    # a label-free second reward: the share of the reasoning's claims true of the prompt (issue #13)
+    faithfulness_weight: float = Field(0.0, ge=0, description="weight of the faithfulness reward; 0 = off")
     # rollouts through vLLM (GPU only)
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
@@ -279,6 +281,7 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | Path, *, n_proce
         max_steps=settings.max_steps,
         seed=settings.seed,
         data_seed=settings.seed,
+        **({"reward_weights": [1.0, settings.faithfulness_weight]} if settings.faithfulness_weight > 0 else {}),
         use_vllm=settings.use_vllm,
         vllm_mode=settings.vllm_mode,
         vllm_server_host=settings.vllm_server_host,
@@ -465,10 +468,13 @@ def run_grpo(
 
     clock = StepClock()
     reward = DualityReward(tasks) if settings.reward == "duality" else GroundTruthReward(tasks)
+    from cellduality.faithfulness import faithfulness_rewards
+
+    extra_rewards = faithfulness_rewards(tasks, tasks_dir, settings.faithfulness_weight)  # [] when off
     step_callback = make_step_callback(clock, checkpoints / STEPS_FILE)
     trainer = _trainer_class()(
         model=model,
-        reward_funcs=[TimedReward(reward, clock)],
+        reward_funcs=[TimedReward(reward, clock), *extra_rewards],
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
