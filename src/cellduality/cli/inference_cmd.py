@@ -14,6 +14,10 @@ from cellduality.errors import CellDualityError
 
 MODEL = typer.Option(..., "--model", help="A model folder written by `cellduality sft` or `cellduality grpo`.")
 OUT = typer.Option(..., "--out", help="Where to write the result (.h5ad); never the input file.")
+FALSE_CLAIMS = typer.Option("mark", "--false-claims", help="Reasoning claims that are false of the cell: 'mark' "
+                            "wraps them as \\[unverified: … — why], 'drop' removes their sentence, 'keep' leaves them.")
+TASKS = typer.Option(None, "--tasks", help="The tasks folder the model learned from, to also check its claims about "
+                     "training frequencies (default: the one the model's files record, when it still exists).")
 
 
 def _read(path: Path):
@@ -51,6 +55,19 @@ def _summary(adata, column: str, console) -> None:
     console.print(table)
 
 
+def _path(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _faithfulness_line(adata, task: str, console) -> None:
+    """One line on how true the written reasoning is (see docs/faithfulness.md)."""
+    info = adata.uns.get("cellduality", {}).get(task, {}).get("faithfulness", {})
+    mean = info.get("mean_faithfulness")
+    console.print(f"Reasoning: {'no checkable claim' if mean is None else f'{mean:.0%} of claims true'}; "
+                  f"{info.get('cells_with_false_claims', 0)} cells with a false claim (--false-claims "
+                  f"{info.get('false_claims')}); training-data claims {info.get('training_claims', 'unchecked')}.")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("annotate")
     def annotate_cmd(
@@ -62,6 +79,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to the model."),
         layer: str | None = typer.Option(None, help="Rank this layer instead of .X / .raw."),
+        false_claims: str = FALSE_CLAIMS,
+        tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
     ) -> None:
         """Annotate cell types with reasoning and a duality-reranked confidence."""
@@ -70,12 +89,13 @@ def register(app: typer.Typer) -> None:
         from cellduality.inference import annotate
 
         _check_out(input, out)
-        result = annotate(_read(input), str(model), n_samples=n_samples, temperature=temperature,
+        result = annotate(_read(input), str(model), false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
                           batch_size=batch_size, min_overlap=min_overlap, seed=seed,
                           **({"layer": layer} if layer else {}))
         _write(result, out)
         console = Console()
         _summary(result, "cellduality_cell_type", console)
+        _faithfulness_line(result, "annotation", console)
         console.print(f"Wrote {out}: .obs['cellduality_cell_type', 'cellduality_reasoning', 'cellduality_confidence']")
 
     @app.command("sensitivity")
@@ -89,6 +109,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
         gene_map: Path | None = typer.Option(None, help="Table mapping Ensembl/Entrez ids to symbols."),
+        false_claims: str = FALSE_CLAIMS,
+        tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
     ) -> None:
         """Predict sensitive/resistant to a drug, with reasoning and a duality-reranked confidence."""
@@ -97,12 +119,13 @@ def register(app: typer.Typer) -> None:
         from cellduality.inference import predict_sensitivity
 
         _check_out(input, out)
-        result = predict_sensitivity(_read(input), str(model), drug, n_samples=n_samples, temperature=temperature,
+        result = predict_sensitivity(_read(input), str(model), drug, false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
                                      batch_size=batch_size, min_overlap=min_overlap, seed=seed,
                                      **({"gene_map": str(gene_map)} if gene_map else {}))
         _write(result, out)
         console = Console()
         _summary(result, "cellduality_sensitivity", console)
+        _faithfulness_line(result, "sensitivity", console)
         console.print(f"Wrote {out}: .obs['cellduality_sensitivity', 'cellduality_reasoning', 'cellduality_confidence']")
 
     @app.command("generate")
@@ -113,6 +136,8 @@ def register(app: typer.Typer) -> None:
         out: Path = OUT,
         temperature: float = typer.Option(0.8, min=0.0),
         batch_size: int = typer.Option(32, min=1),
+        false_claims: str = FALSE_CLAIMS,
+        tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
     ) -> None:
         """Generate cells of a type: cell sentences plus reconstructed expression (.X)."""
@@ -121,7 +146,7 @@ def register(app: typer.Typer) -> None:
         from cellduality.inference import generate_cells
 
         _check_out(None, out)
-        result = generate_cells(str(model), cell_type, n, temperature=temperature, batch_size=batch_size, seed=seed)
+        result = generate_cells(str(model), cell_type, n, false_claims=false_claims, tasks_dir=_path(tasks), temperature=temperature, batch_size=batch_size, seed=seed)
         _write(result, out)
         consistent = float(result.obs["cellduality_consistent"].mean())
         Console().print(f"Wrote {n} generated {cell_type} cells to {out} "
@@ -135,6 +160,8 @@ def register(app: typer.Typer) -> None:
         out: Path = OUT,
         batch_size: int = typer.Option(32, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
+        false_claims: str = FALSE_CLAIMS,
+        tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
     ) -> None:
         """Predict each cell's response to a perturbation (sentence + expression in .obsm)."""
@@ -143,7 +170,7 @@ def register(app: typer.Typer) -> None:
         from cellduality.inference import perturb
 
         _check_out(input, out)
-        result = perturb(_read(input), str(model), perturbation, batch_size=batch_size, min_overlap=min_overlap,
+        result = perturb(_read(input), str(model), perturbation, false_claims=false_claims, tasks_dir=_path(tasks), batch_size=batch_size, min_overlap=min_overlap,
                          seed=seed)
         _write(result, out)
         consistent = float(result.obs["cellduality_consistent"].mean())
