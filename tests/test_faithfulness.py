@@ -192,3 +192,35 @@ def test_grpo_adds_the_faithfulness_reward_with_its_weight(pbmc, tmp_path):
     on = build_grpo_config(GRPOSettings(faithfulness_weight=0.5), tmp_path / "on", target="cpu")
     off = build_grpo_config(GRPOSettings(), tmp_path / "off", target="cpu")
     assert list(on.reward_weights) == [1.0, 0.5] and off.reward_weights is None
+
+
+@pytest.mark.parametrize("mode", ["mark", "drop", "keep"])
+def test_annotate_scores_and_marks_false_claims(pbmc_small, pbmc, mode):
+    from cellduality.inference import annotate
+    from test_inference import FakeModel
+
+    task = pbmc["tasks"]["annotation"]
+    label = task.context.labels[0]
+
+    def sample(prompts):  # cites the prompt's first gene truly and its second at a wrong rank
+        outs = []
+        for p in prompts:
+            cell, _ = task.claim_cells(p, "")
+            outs.append(format_response(f"{cell[0]} at rank 1 is high. {cell[1]} at rank 9 is high too. "
+                                        f"Together these point to {label}.", label))
+        return outs
+
+    model = FakeModel({"annotation": task}, sample, lambda ps: [format_response("", "CD74")] * len(ps))
+    out = annotate(pbmc_small[:12].copy(), model, n_samples=2, false_claims=mode, tasks_dir=str(pbmc["dir"]))
+    assert out.obs["cellduality_faithfulness"].round(4).eq(round(2 / 3, 4)).all()
+    assert (out.obs["cellduality_false_claims"] == 1).all()
+    reasoning = out.obs["cellduality_reasoning"]
+    if mode == "mark":
+        assert reasoning.str.contains(r"\[unverified: \S+ at rank 9 — \S+ is at rank 2 of the input cell\]").all()
+    elif mode == "drop":
+        assert not reasoning.str.contains("rank 9").any() and reasoning.str.contains("rank 1").all()
+    else:
+        assert reasoning.str.contains("rank 9").all() and not reasoning.str.contains("unverified").any()
+    info = out.uns["cellduality"]["annotation"]["faithfulness"]
+    assert info["false_claims"] == mode and info["cells_with_false_claims"] == 12
+    assert info["training_claims"].startswith("checked against")

@@ -579,3 +579,42 @@ def faithfulness_rewards(tasks: Mapping[str, Task], tasks_dir: str | Path, weigh
     if weight <= 0:
         return []
     return [FaithfulnessReward(tasks, knowledge_or_none(tasks_dir, tasks))]
+
+
+@dataclass
+class CheckedReasoning:
+    """What inference writes next to each cell: the reasoning (false claims marked, dropped or
+    kept), its faithfulness score and false-claim count, and how the check was made."""
+
+    reasoning: list[str]
+    score: list[float]
+    false_claims: list[int]
+    info: dict[str, Any]
+
+
+def check_for_inference(task: Task, prompts: Sequence[str], responses: Sequence[str], model_dir: str | Path,
+                        mode: str = "mark", tasks_dir: str | Path | None = None) -> CheckedReasoning:
+    """Check each response's reasoning against its prompt and rewrite it per ``mode``.
+
+    Training-data claims are checked when the tasks folder the model learned from is known
+    (``tasks_dir``, else the one its files record); otherwise they are left unchecked and
+    ``info['training_claims']`` says so.
+    """
+    if mode not in FALSE_CLAIM_MODES:
+        from cellduality.errors import CellDualityError
+
+        raise CellDualityError(f"Unknown --false-claims '{mode}'; choose one of: {', '.join(FALSE_CLAIM_MODES)}.")
+    source = Path(tasks_dir) if tasks_dir else find_tasks_dir(model_dir)
+    if source is not None and not (source / "tasks.json").is_file():
+        from cellduality.errors import CellDualityError
+
+        raise CellDualityError(f"{source} is not a tasks folder; pass the folder `cellduality tasks build` wrote.")
+    knowledge = knowledge_or_none(source, {task.name: task}) if source else {}
+    reports = [task.check_reasoning(p, r, knowledge.get(task.name)) for p, r in zip(prompts, responses, strict=True)]
+    scores = [r.score for r in reports]
+    finite = [s for s in scores if s == s]
+    info = {"false_claims": mode, "mean_faithfulness": float(sum(finite) / len(finite)) if finite else None,
+            "cells_with_false_claims": int(sum(r.n_false > 0 for r in reports)),
+            "training_claims": f"checked against {source}" if knowledge else
+            "unchecked: the tasks folder the model learned from is unknown (pass --tasks)"}
+    return CheckedReasoning([rewrite_reasoning(r, mode) for r in reports], scores, [r.n_false for r in reports], info)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cellduality.errors import CellDualityError
 from cellduality.inference.model import CellDualityModel, GenerateFn
-from cellduality.tasks.base import Example, Task, extract_reasoning
+from cellduality.tasks.base import Example, Task, extract_reasoning, format_response
 from cellduality.tasks.text import stable_seed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,6 +165,8 @@ def _classify(
     copy: bool,
     device: str | None,
     sentence_options: dict[str, Any],
+    false_claims: str = "mark",
+    tasks_dir: str | None = None,
 ) -> AnnData:
     mdl = _as_model(model, device)
     task = mdl.task(task_name)
@@ -181,14 +183,36 @@ def _classify(
     greedy = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     ranked = duality_rerank(task, examples, sample, greedy, n_samples)
     out.obs[f"{KEY}_{column}"] = pd.Categorical([r.answer if r.answer is not None else "unparsed" for r in ranked])
-    out.obs[f"{KEY}_reasoning"] = [r.reasoning for r in ranked]
+    responses = [format_response(r.reasoning, task.render_answer(r.answer)) if r.answer is not None
+                 else f"<think> {r.reasoning} </think>" for r in ranked]
+    checked = _explain(out.obs, task, mdl, [task.primal_prompt(ex) for ex in examples], responses, false_claims,
+                       tasks_dir)
     out.obs[f"{KEY}_confidence"] = np.array([r.confidence for r in ranked], dtype=float)
     out.obs[f"{KEY}_votes"] = np.array([r.votes for r in ranked], dtype=int)
     out.uns.setdefault(KEY, {})[task_name] = {
         "model": str(mdl.path), "n_samples": n_samples, "temperature": temperature, "seed": seed,
         "labels": list(task.context.labels), "unparsed": int(sum(r.answer is None for r in ranked)), **overlap,
+        "faithfulness": checked.info,
     }
     return out
+
+
+def _explain(obs: pd.DataFrame, task: Task, mdl: CellDualityModel, prompts: list[str], responses: list[str],
+             false_claims: str, tasks_dir: str | None) -> Any:
+    """Write ``_reasoning``, ``_faithfulness`` and ``_false_claims`` columns into ``obs``.
+
+    Every claim of the reasoning is checked against the cell in the prompt (and, when the model's
+    tasks folder is known, the training frequencies): ``false_claims='mark'`` wraps a false claim
+    as ``[unverified: … — why]``, ``'drop'`` removes its sentence, ``'keep'`` leaves the text as
+    written. The score is the share of checked claims that are true (NaN: no checkable claim).
+    """
+    from cellduality.faithfulness import check_for_inference
+
+    checked = check_for_inference(task, prompts, responses, mdl.path, false_claims, tasks_dir)
+    obs[f"{KEY}_reasoning"] = checked.reasoning
+    obs[f"{KEY}_faithfulness"] = np.array(checked.score, dtype=float)
+    obs[f"{KEY}_false_claims"] = np.array(checked.false_claims, dtype=int)
+    return checked
 
 
 def annotate(
@@ -203,12 +227,16 @@ def annotate(
     seed: int = 0,
     copy: bool = True,
     device: str | None = None,
+    false_claims: str = "mark",
+    tasks_dir: str | None = None,
     **sentence_options: Any,
 ) -> AnnData:
-    """Annotate cell types; adds ``.obs['cellduality_cell_type' | '_reasoning' | '_confidence' | '_votes']``."""
+    """Annotate cell types; adds ``.obs['cellduality_cell_type' | '_reasoning' | '_confidence' | '_votes']``
+    and ``'_faithfulness' | '_false_claims'`` (see :func:`_explain` for ``false_claims`` and ``tasks_dir``)."""
     return _classify(adata, model, "annotation", {}, "cell_type", n_samples=n_samples, temperature=temperature,
                      batch_size=batch_size, max_new_tokens=max_new_tokens, min_overlap=min_overlap, seed=seed,
-                     copy=copy, device=device, sentence_options=sentence_options)
+                     copy=copy, device=device, sentence_options=sentence_options, false_claims=false_claims,
+                     tasks_dir=tasks_dir)
 
 
 def predict_sensitivity(
@@ -224,16 +252,20 @@ def predict_sensitivity(
     seed: int = 0,
     copy: bool = True,
     device: str | None = None,
+    false_claims: str = "mark",
+    tasks_dir: str | None = None,
     **sentence_options: Any,
 ) -> AnnData:
-    """Predict drug sensitivity; adds ``.obs['cellduality_sensitivity' | '_reasoning' | '_confidence' | '_votes']``."""
+    """Predict drug sensitivity; adds ``.obs['cellduality_sensitivity' | '_reasoning' | '_confidence' | '_votes']``
+    and ``'_faithfulness' | '_false_claims'``."""
     mdl = _as_model(model, device)
     known_drugs = mdl.task("sensitivity").context.drugs
     if known_drugs and drug not in known_drugs:
         raise CellDualityError(f"Unknown drug '{drug}' for this model; it was trained on: {', '.join(known_drugs)}.")
     return _classify(adata, mdl, "sensitivity", {"drug": drug}, "sensitivity", n_samples=n_samples,
                      temperature=temperature, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     min_overlap=min_overlap, seed=seed, copy=copy, device=device, sentence_options=sentence_options)
+                     min_overlap=min_overlap, seed=seed, copy=copy, device=device, sentence_options=sentence_options,
+                     false_claims=false_claims, tasks_dir=tasks_dir)
 
 
 @dataclass
@@ -283,6 +315,8 @@ def generate_cells(
     max_new_tokens: int = 256,
     seed: int = 0,
     device: str | None = None,
+    false_claims: str = "mark",
+    tasks_dir: str | None = None,
 ) -> AnnData:
     """Generate ``n`` cells of ``cell_type``: ``.obs['cellduality_sentence']``, ``.X`` = reconstructed expression.
 
@@ -304,13 +338,14 @@ def generate_cells(
     obs = pd.DataFrame({
         f"{KEY}_requested_cell_type": cell_type,
         f"{KEY}_sentence": [" ".join(s) for s in cells.sentences],
-        f"{KEY}_reasoning": [extract_reasoning(t) for t in cells.texts],
         f"{KEY}_dual_cell_type": [b or "unparsed" for b in cells.read_back],
         f"{KEY}_consistent": [b == cell_type for b in cells.read_back],
     }, index=[ex.id for ex in examples])
+    checked = _explain(obs, task, mdl, [task.primal_prompt(ex) for ex in examples], cells.texts, false_claims,
+                       tasks_dir)
     out = ad.AnnData(X=cells.expression, obs=obs, var=pd.DataFrame(index=cells.genes))
     out.uns[KEY] = {"model": str(mdl.path), "task": "generation", "temperature": temperature, "seed": seed,
-                    "unparsed": cells.unparsed}
+                    "unparsed": cells.unparsed, "faithfulness": checked.info}
     return out
 
 
@@ -325,6 +360,8 @@ def perturb(
     seed: int = 0,
     copy: bool = True,
     device: str | None = None,
+    false_claims: str = "mark",
+    tasks_dir: str | None = None,
     **sentence_options: Any,
 ) -> AnnData:
     """Predict each cell's response to ``perturbation`` (e.g. ``"knockout STAT1"``).
@@ -355,13 +392,14 @@ def perturb(
     hit = where >= 0
     target[:, hit] = generated.expression[:, where[hit]]
     out.obs[f"{KEY}_perturbed_sentence"] = [" ".join(s) for s in generated.sentences]
-    out.obs[f"{KEY}_reasoning"] = [extract_reasoning(t) for t in generated.texts]
+    checked = _explain(out.obs, task, mdl, [task.primal_prompt(ex) for ex in examples], generated.texts,
+                       false_claims, tasks_dir)
     out.obs[f"{KEY}_dual_perturbation"] = [b or "unparsed" for b in generated.read_back]
     out.obs[f"{KEY}_consistent"] = [b == parsed.render() for b in generated.read_back]
     out.obsm[f"{KEY}_perturbed"] = target
     out.uns.setdefault(KEY, {})["perturbation"] = {
         "model": str(mdl.path), "perturbation": parsed.render(), "seed": seed,
-        "unparsed": generated.unparsed, "genes_mapped": int(hit.sum()), **overlap,
+        "unparsed": generated.unparsed, "genes_mapped": int(hit.sum()), **overlap, "faithfulness": checked.info,
     }
     return out
 
