@@ -168,6 +168,10 @@ def test_evaluation_reports_faithfulness_beside_accuracy(pbmc, tmp_path):
     assert table["false_claims"].sum() > 0
     report = (tmp_path / "teacher" / "report.md").read_text()
     assert "true claims (%)" in report and "100.00" in report
+    from cellduality.faithfulness import predictions_faithfulness
+
+    again = predictions_faithfulness(tmp_path / "lying", pbmc["dir"])["annotation"]  # re-read from the CSV
+    assert again["faithful_claims"] == runs["lying"]["faithful_claims"]
 
 
 def test_sft_ceiling(pbmc, tmp_path):

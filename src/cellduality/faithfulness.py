@@ -618,3 +618,53 @@ def check_for_inference(task: Task, prompts: Sequence[str], responses: Sequence[
             "training_claims": f"checked against {source}" if knowledge else
             "unchecked: the tasks folder the model learned from is unknown (pass --tasks)"}
     return CheckedReasoning([rewrite_reasoning(r, mode) for r in reports], scores, [r.n_false for r in reports], info)
+
+
+def predictions_faithfulness(eval_dir: str | Path, tasks_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Faithfulness of the ``predictions_<task>.csv`` an evaluation folder holds (its prompts and outputs)."""
+    import pandas as pd
+
+    from cellduality.tasks.builders import load_tasks
+
+    tasks = load_tasks(tasks_dir)
+    knowledge = knowledge_or_none(tasks_dir, tasks)
+    out = {}
+    for name, task in tasks.items():
+        path = Path(eval_dir) / f"predictions_{name}.csv"
+        if path.is_file():
+            table = pd.read_csv(path, keep_default_na=False)
+            out[name] = score_responses(task, table["prompt"].tolist(), table["output"].astype(str).tolist(),
+                                        knowledge.get(name))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m cellduality.faithfulness TASKS_DIR [--sft SFT_DIR] [EVAL_DIR ...]``: the before/after table."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m cellduality.faithfulness", description=main.__doc__)
+    parser.add_argument("tasks_dir", help="the tasks folder (its training rows give the teacher's frequencies)")
+    parser.add_argument("--sft", help="an SFT data folder: the teacher's traces (the ceiling)")
+    parser.add_argument("--split", default="train", help="SFT split to check (default train)")
+    parser.add_argument("eval_dirs", nargs="*", help="evaluation folders holding predictions_<task>.csv")
+    args = parser.parse_args(argv)
+    rows = {}
+    if args.sft:
+        rows[f"teacher ({args.sft}, {args.split})"] = sft_faithfulness(args.sft, args.tasks_dir, args.split)
+    for folder in args.eval_dirs:
+        rows[folder] = predictions_faithfulness(folder, args.tasks_dir)
+    pct = lambda v: "–" if v != v else f"{100 * v:.0f} %"  # noqa: E731
+    print("| source | task | claims | true | cell claims true | gene in cell | exact rank | same gene again "
+          "| all claims true | conclusion = answer |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for source, by_task in rows.items():
+        for task, m in by_task.items():
+            print(f"| {source} | {task} | {m['n_claims']:,.0f} | {pct(m['faithful_claims'])} | "
+                  f"{pct(m['faithful_cell_claims'])} | {pct(m['rank_claims_in_cell'])} | {pct(m['rank_claims_exact'])} | "
+                  f"{pct(m['repeated_citations'])} | {pct(m['faithful_responses'])} | {pct(m['conclusion_match'])} |")
+    print(json.dumps(rows, default=float), file=__import__("sys").stderr)
+
+
+if __name__ == "__main__":
+    main()
