@@ -138,15 +138,18 @@ def test_existing_foreign_folder_is_never_overwritten(capsys, tmp_path):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     code, text = run(capsys, "sentences", write(tmp_path, counts()), str(out))
-    assert_one_line_error(code, text, "is not a cell-sentences folder")
+    assert_one_line_error(code, text, "did not write")
     assert (out / "precious.txt").read_text() == "keep me"
 
 
 def test_rerun_replaces_a_previous_output_atomically(capsys, tmp_path):
     path = write(tmp_path, counts())
-    for top_k in ("5", "7"):
-        code, _ = run(capsys, "sentences", path, str(tmp_path / "o"), "--top-k", top_k)
-        assert code in (0, None)
+    code, _ = run(capsys, "sentences", path, str(tmp_path / "o"), "--top-k", "5")
+    assert code in (0, None)
+    code, text = run(capsys, "sentences", path, str(tmp_path / "o"), "--top-k", "7")  # replaced only on request
+    assert_one_line_error(code, text, "--overwrite")
+    code, _ = run(capsys, "sentences", path, str(tmp_path / "o"), "--top-k", "7", "--overwrite")
+    assert code in (0, None)
     meta = json.loads((tmp_path / "o" / "cellduality.json").read_text())
     assert meta["top_k"] == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "o"]
 

@@ -78,14 +78,18 @@ def test_atomic_dir_replaces_on_success_and_keeps_old_output_on_failure(tmp_path
     from cellduality.paths import atomic_dir
 
     out = tmp_path / "out"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "evaluate") as tmp:
         (tmp / "a.txt").write_text("first")
     assert (out / "a.txt").read_text() == "first"
-    with pytest.raises(KeyboardInterrupt), atomic_dir(out) as tmp:
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, "evaluate") as tmp:
         (tmp / "a.txt").write_text("half")
         raise KeyboardInterrupt
     assert (out / "a.txt").read_text() == "first"  # the interrupted write left nothing behind
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "evaluate") as tmp:
         (tmp / "b.txt").write_text("second")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".cellduality-output.json", "b.txt"]
+    (out / "user.txt").write_text("mine")  # content the command did not write: never replaced
+    with pytest.raises(CellDualityError, match="did not write"), atomic_dir(out, "evaluate") as tmp:
+        (tmp / "c.txt").write_text("third")
+    assert (out / "user.txt").read_text() == "mine" and (out / "b.txt").is_file()

@@ -9,11 +9,9 @@ benchmarks (``$CELLDUALITY_DATA_DIR``, else ``../shared/data`` next to a source 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from cellduality.outputs import atomic_dir  # noqa: F401  (the one safe folder writer; kept importable here)
 
 
 def shared_data_dir() -> Path | None:
@@ -36,23 +34,3 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("CELLDUALITY_CACHE", Path.home() / ".cache" / "cellduality"))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Write a folder all-or-nothing: fill the yielded temporary folder, it replaces ``out`` on success.
-
-    The temporary folder sits beside ``out`` (same filesystem, so the final rename is atomic) and
-    is removed if the block raises or is interrupted: a stage never leaves a half-written output.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -23,9 +23,11 @@ def register(app: typer.Typer) -> None:
         """Reproduce the shape of the paper's Table 6 on the data available here; resumable."""
         from rich.console import Console
 
+        from cellduality.outputs import claim_resumable_dir
         from cellduality.pipeline.benchmark import run_benchmark
         from cellduality.pipeline.summary import summary_tables
 
+        claim_resumable_dir(out, "benchmark", inputs=[data_dir, config])  # new/empty, or an earlier benchmark
         console = Console()
         tables = run_benchmark(out, data_dir=data_dir, seeds=seeds, budget=budget, datasets=dataset or None,
                                generalist=generalist, ood=ood, config=config, console=console)

@@ -18,22 +18,31 @@ def register(app: typer.Typer) -> None:
         task: list[str] = typer.Option(None, "--task", help="Evaluate only these tasks (repeatable)."),
         seed: int = typer.Option(0, help="Seed for sampling and sub-sampling."),
         sample: bool = typer.Option(False, "--sample/--greedy", help="Sample instead of greedy decoding."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature (with --sample)."),
-        batch_size: int = typer.Option(16, help="Prompts per generate batch."),
-        max_new_tokens: int = typer.Option(256, help="Longest completion."),
-        max_examples: int = typer.Option(None, help="Evaluate at most this many test examples per task."),
+        temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature (with --sample)."),
+        batch_size: int = typer.Option(16, min=1, help="Prompts per generate batch."),
+        max_new_tokens: int = typer.Option(256, min=1, help="Longest completion."),
+        max_examples: int = typer.Option(None, min=1, help="Evaluate at most this many test examples per task."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score classical baselines."),
         reward_validity: bool = typer.Option(True, "--reward-validity/--no-reward-validity",
                                              help="Measure how well the duality reward separates right from wrong."),
+        overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality evaluate` output."),
     ) -> None:
         """Evaluate a model on the test split: paper metrics, baselines, Markdown report and plots."""
         from rich.console import Console
 
         from cellduality.evaluation.evaluate import evaluate_model
+        from cellduality.models.loading import read_model_info
+        from cellduality.outputs import check_output_dir
+        from cellduality.validation import require_test_rows
 
+        # every check before the model is loaded: OUT never replaces the model, the tasks or a user's files
+        check_output_dir(out_dir, "evaluate", inputs=[model_dir, tasks_dir], overwrite=overwrite)
+        read_model_info(model_dir)
+        require_test_rows(tasks_dir, task or None, "`cellduality evaluate`")
         results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
-                                 tasks=task or None, baselines=baselines, reward_validity=reward_validity)
+                                 tasks=task or None, baselines=baselines, reward_validity=reward_validity,
+                                 overwrite=True)
         console = Console()
         for name, metrics in results.items():
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from cellduality.cli.sentences_cmd import with_gene_options
 from cellduality.errors import CellDualityError
 
 MODEL = typer.Option(..., "--model", help="A model folder written by `cellduality sft` or `cellduality grpo`.")
@@ -18,6 +19,7 @@ FALSE_CLAIMS = typer.Option("mark", "--false-claims", help="Reasoning claims tha
                             "wraps them as \\[unverified: … — why], 'drop' removes their sentence, 'keep' leaves them.")
 TASKS = typer.Option(None, "--tasks", help="The tasks folder the model learned from, to also check its claims about "
                      "training frequencies (default: the one the model's files record, when it still exists).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if that file already exists.")
 
 
 def _read(path: Path):
@@ -26,18 +28,26 @@ def _read(path: Path):
     return read_h5ad(path)
 
 
-def _check_out(inp: Path | None, out: Path) -> None:
-    if out.suffix != ".h5ad":
-        raise CellDualityError(f"--out {out} must end in .h5ad.")
+def _check_out(inp: Path | None, out: Path, model: Path, overwrite: bool) -> None:
+    """Before any work: --out is a new (or, with --overwrite, replaceable) writable .h5ad, not an input."""
+    from cellduality.models.loading import read_model_info
+    from cellduality.outputs import check_output_file
+
     if inp is not None and out.resolve() == inp.resolve():
-        raise CellDualityError("--out must differ from the input file; the input is never modified in place.")
+        raise CellDualityError(f"--out {out} is the input file; write to a new file (the input is never modified).")
+    read_model_info(model)
+    check_output_file(out, suffix=".h5ad", inputs=[inp, model], overwrite=overwrite)
 
 
 def _write(adata, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CellDualityError(f"Cannot write {out}: {exc.strerror or exc}; check free disk space and permissions.") from None
 
 
 def _summary(adata, column: str, console) -> None:
@@ -70,6 +80,7 @@ def _faithfulness_line(adata, task: str, console) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("annotate")
+    @with_gene_options
     def annotate_cmd(
         input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
         model: Path = MODEL,
@@ -78,20 +89,21 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature of the answers."),
         batch_size: int = typer.Option(32, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to the model."),
-        layer: str | None = typer.Option(None, help="Rank this layer instead of .X / .raw."),
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
+        overwrite: bool = OVERWRITE,
+        genes: dict | None = None,
     ) -> None:
         """Annotate cell types with reasoning and a duality-reranked confidence."""
         from rich.console import Console
 
         from cellduality.inference import annotate
 
-        _check_out(input, out)
+        _check_out(input, out, model, overwrite)
         result = annotate(_read(input), str(model), false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
                           batch_size=batch_size, min_overlap=min_overlap, seed=seed,
-                          **({"layer": layer} if layer else {}))
+                          **genes)
         _write(result, out)
         console = Console()
         _summary(result, "cellduality_cell_type", console)
@@ -99,6 +111,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"Wrote {out}: .obs['cellduality_cell_type', 'cellduality_reasoning', 'cellduality_confidence']")
 
     @app.command("sensitivity")
+    @with_gene_options
     def sensitivity_cmd(
         input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
         drug: str = typer.Option(..., "--drug", help="Drug name, as the model was trained on it."),
@@ -108,20 +121,21 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.8, min=0.0),
         batch_size: int = typer.Option(32, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
-        gene_map: Path | None = typer.Option(None, help="Table mapping Ensembl/Entrez ids to symbols."),
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
+        overwrite: bool = OVERWRITE,
+        genes: dict | None = None,
     ) -> None:
         """Predict sensitive/resistant to a drug, with reasoning and a duality-reranked confidence."""
         from rich.console import Console
 
         from cellduality.inference import predict_sensitivity
 
-        _check_out(input, out)
+        _check_out(input, out, model, overwrite)
         result = predict_sensitivity(_read(input), str(model), drug, false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
                                      batch_size=batch_size, min_overlap=min_overlap, seed=seed,
-                                     **({"gene_map": str(gene_map)} if gene_map else {}))
+                                     **genes)
         _write(result, out)
         console = Console()
         _summary(result, "cellduality_sensitivity", console)
@@ -139,13 +153,14 @@ def register(app: typer.Typer) -> None:
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
+        overwrite: bool = OVERWRITE,
     ) -> None:
         """Generate cells of a type: cell sentences plus reconstructed expression (.X)."""
         from rich.console import Console
 
         from cellduality.inference import generate_cells
 
-        _check_out(None, out)
+        _check_out(None, out, model, overwrite)
         result = generate_cells(str(model), cell_type, n, false_claims=false_claims, tasks_dir=_path(tasks), temperature=temperature, batch_size=batch_size, seed=seed)
         _write(result, out)
         consistent = float(result.obs["cellduality_consistent"].mean())
@@ -153,6 +168,7 @@ def register(app: typer.Typer) -> None:
                         f"({consistent:.0%} read back as {cell_type} by the model's dual task).")
 
     @app.command("perturb")
+    @with_gene_options
     def perturb_cmd(
         input: Path = typer.Argument(..., help="Control cells (.h5ad)."),
         perturbation: str = typer.Option(..., "--perturbation", help='e.g. "knockout STAT1".'),
@@ -163,15 +179,17 @@ def register(app: typer.Typer) -> None:
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
         seed: int = typer.Option(0),
+        overwrite: bool = OVERWRITE,
+        genes: dict | None = None,
     ) -> None:
         """Predict each cell's response to a perturbation (sentence + expression in .obsm)."""
         from rich.console import Console
 
         from cellduality.inference import perturb
 
-        _check_out(input, out)
+        _check_out(input, out, model, overwrite)
         result = perturb(_read(input), str(model), perturbation, false_claims=false_claims, tasks_dir=_path(tasks), batch_size=batch_size, min_overlap=min_overlap,
-                         seed=seed)
+                         seed=seed, **genes)
         _write(result, out)
         consistent = float(result.obs["cellduality_consistent"].mean())
         Console().print(f"Wrote {out}: .obs['cellduality_perturbed_sentence'], .obsm['cellduality_perturbed'] "

@@ -70,8 +70,23 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("[yellow]Interrupted.[/] Finished work is saved; re-run the same command to resume.")
+        err.show_cursor(True)  # a progress bar may have hidden it
+        err.print(f"[yellow]Interrupted.[/] {resume_hint(sys.argv[1:] if argv is None else argv)}",
+                  highlight=False, soft_wrap=True)
         sys.exit(130)
+
+
+def resume_hint(args: list[str]) -> str:
+    """One line telling how to continue an interrupted command (the exact command line to run)."""
+    import shlex
+
+    line = "cellduality " + " ".join(shlex.quote(a) for a in args)
+    command = args[0] if args else ""
+    if command in ("sft", "grpo"):
+        return f"Checkpoints are kept; resume with: {line}{'' if '--resume' in args else ' --resume'}"
+    if command in ("teach", "quickstart", "benchmark"):
+        return f"Finished work is kept; resume by re-running: {line}"
+    return "No output was half-written (outputs appear only when complete); re-run the command to start again."
 
 if __name__ == "__main__":
     main()

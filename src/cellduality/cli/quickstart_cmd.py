@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         """Run sentences → tasks → teacher → SFT → duality & oracle GRPO → evaluation, then print a summary."""
         from rich.console import Console
 
+        from cellduality.outputs import claim_resumable_dir
         from cellduality.pipeline.quickstart import (
             DatasetSettings,
             load_quickstart_settings,
@@ -36,8 +37,11 @@ def register(app: typer.Typer) -> None:
         from cellduality.pipeline.summary import print_summary
 
         console = Console()
+        inputs = [config, sensitivity_data, perturbation_data, gene_map]
+        claim_resumable_dir(out, "quickstart", inputs=inputs)  # OUT is new/empty or an earlier quickstart
         if fresh:
             reset(out)
+            claim_resumable_dir(out, "quickstart", inputs=inputs)
         settings = load_quickstart_settings(config)
         extra: dict[str, DatasetSettings] = {}
         if sensitivity_data is not None:

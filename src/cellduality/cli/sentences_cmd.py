@@ -2,42 +2,96 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
 datasets_app = typer.Typer(help="The paper's benchmark datasets and the sets that work offline.",
                            no_args_is_help=True)
 
+# How a user's genes and values are read; shared with the inference commands (annotate, ...), which
+# must rank a user's cells exactly as `sentences` would.
+GENE_MAP = typer.Option(None, "--gene-map", help="Table mapping Ensembl/Entrez ids to symbols (CSV/TSV).")
+GENE_ID_COLUMN = typer.Option(None, "--gene-id-column", help=".var column holding gene symbols.")
+ORTHOLOGS = typer.Option(None, "--orthologs", help="Mouse -> human ortholog table (CSV/TSV).")
+LAYER = typer.Option(None, "--layer", help="Rank this layer instead of .X.")
+USE_RAW = typer.Option(None, "--use-raw/--no-use-raw", help="Rank .raw (default: when .raw exists and .X is scaled).")
+EXPRESSION = typer.Option("auto", "--expression", help="What the values are: auto, counts, log1p, tpm, scaled.")
+
+
+def gene_options(gene_map: Path | None, gene_id_column: str | None, orthologs: Path | None, layer: str | None,
+                 use_raw: bool | None, expression: str) -> dict:
+    """The options above as keyword arguments of :func:`cellduality.sentences.to_sentences` (unset ones left out)."""
+    values = {"gene_map": str(gene_map) if gene_map else None, "gene_id_column": gene_id_column,
+              "orthologs": str(orthologs) if orthologs else None, "layer": layer, "use_raw": use_raw,
+              "expression": None if expression == "auto" else expression}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+_GENE_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, default, annotation in (
+        ("gene_map", GENE_MAP, Optional[Path]), ("gene_id_column", GENE_ID_COLUMN, Optional[str]),  # noqa: UP045
+        ("orthologs", ORTHOLOGS, Optional[Path]), ("layer", LAYER, Optional[str]),  # noqa: UP045
+        ("use_raw", USE_RAW, Optional[bool]), ("expression", EXPRESSION, str))  # noqa: UP045
+]
+
+
+def with_gene_options(command: Callable) -> Callable:
+    """Give a command the gene-id options above; it receives them as ``genes=`` (see :func:`gene_options`).
+
+    Used by the inference commands, so a user with Ensembl ids or mouse cells annotates with the
+    same flags as ``sentences`` (typer reads the rewritten signature).
+    """
+    signature = inspect.signature(command)
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {p.name: kwargs.pop(p.name) for p in _GENE_PARAMETERS}
+        return command(*args, genes=gene_options(**values), **kwargs)
+
+    kept = [p for p in signature.parameters.values() if p.name != "genes"]
+    wrapper.__signature__ = signature.replace(parameters=kept + _GENE_PARAMETERS)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "genes"} | {
+        p.name: p.annotation for p in _GENE_PARAMETERS}
+    del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one
+    return wrapper
+
 
 def sentences(
     source: str = typer.Argument(..., help="An .h5ad file, or a built-in name (pbmc68k_reduced, kang2018, "
                                            "papalexi2021, a375_plx4720, baron2016, he2020_liver, tirosh2016)."),
     out_dir: Path = typer.Argument(..., help="Folder to write (a Hugging Face dataset + JSON files)."),
-    top_k: int = typer.Option(100, "--top-k", help="Genes per sentence (0 = every nonzero gene)."),
+    top_k: int = typer.Option(100, "--top-k", min=0, help="Genes per sentence (0 = every nonzero gene)."),
     label_key: list[str] = typer.Option(None, "--label-key", help=".obs column(s) to keep as labels (repeatable)."),
     perturbation_key: str | None = typer.Option(None, help=".obs column naming each cell's perturbation."),
     control_value: str | None = typer.Option(None, help="Value of --perturbation-key that marks control cells."),
     group_key: str | None = typer.Option(None, help=".obs column controls are matched on (cell type/line)."),
     drug_key: str | None = typer.Option(None, help=".obs column naming the drug."),
     keep_obs: list[str] = typer.Option(None, "--keep-obs", help="Other .obs columns to keep (repeatable)."),
-    gene_map: Path | None = typer.Option(None, help="Table mapping Ensembl/Entrez ids to symbols (CSV/TSV)."),
-    gene_id_column: str | None = typer.Option(None, help=".var column holding gene symbols."),
-    orthologs: Path | None = typer.Option(None, help="Mouse -> human ortholog table (CSV/TSV)."),
-    layer: str | None = typer.Option(None, help="Rank this layer instead of .X."),
-    use_raw: bool | None = typer.Option(None, "--use-raw/--no-use-raw",
-                                        help="Rank .raw (default: when .raw exists and .X is scaled)."),
-    expression: str = typer.Option("auto", help="What the values are: auto, counts, log1p, tpm, scaled."),
+    gene_map: Path | None = GENE_MAP,
+    gene_id_column: str | None = GENE_ID_COLUMN,
+    orthologs: Path | None = ORTHOLOGS,
+    layer: str | None = LAYER,
+    use_raw: bool | None = USE_RAW,
+    expression: str = EXPRESSION,
     seed: int = typer.Option(0, help="Seed for tie-breaking and the train/test split."),
-    test_size: float = typer.Option(0.2, help="Fraction of cells in the test split."),
+    test_size: float = typer.Option(0.2, min=0.0, max=0.95, help="Fraction of cells in the test split."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality sentences` output."),
 ) -> None:
     """Turn single cells into cell sentences (top-K genes, most expressed first)."""
     from rich.console import Console
 
     from cellduality.datasets import load_dataset
+    from cellduality.outputs import check_output_dir
     from cellduality.sentences import build_cell_sentences
 
     console = Console(stderr=True)
+    check_output_dir(out_dir, "sentences", inputs=[source] if Path(source).exists() else [], overwrite=overwrite)
     adata, defaults = load_dataset(source)
     label_keys = list(label_key or []) or ([defaults["label_key"]] if defaults.get("label_key") else [])
     with console.status("ranking genes and fitting the inverse model..."):
@@ -52,6 +106,12 @@ def sentences(
             seed=seed, test_size=test_size, source=str(source))
     cells.save(out_dir)
     meta, fid = cells.meta, cells.meta["inverse_fidelity"]
+    for key, n in (meta.get("missing_labels") or {}).items():
+        if n:
+            console.print(f"[yellow]Labels:[/] {n} cells have no '{key}' label; they are kept for unlabelled use "
+                          "and left out of labelled task splits.", highlight=False)
+    if not cells.splits["test"].size:
+        console.print("[yellow]Split:[/] the test split is empty (--test-size); `evaluate` will need one.")
     for note in meta["gene_notes"]:
         console.print(f"[yellow]Genes:[/] {note}", highlight=False)
     console.print(f"[green]Wrote[/] {meta['n_cells']} cell sentences to {out_dir} "

@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Argument(..., help="Output folder: the final model lands here (HF format)."),
         model: str = typer.Option(None, "--model", help="Preset (tiny, mini, small, base, ...) or a local HF model folder."),
         lora: bool = typer.Option(None, "--lora/--full", help="Train LoRA adapters (merged at the end) or all weights."),
-        max_steps: int = typer.Option(None, "--max-steps", help="Stop after N optimizer steps (overrides --epochs)."),
-        epochs: float = typer.Option(None, "--epochs", help="Passes over the training rows."),
+        max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps (overrides --epochs)."),
+        epochs: float = typer.Option(None, "--epochs", min=0.001, help="Passes over the training rows."),
         config: Path = typer.Option(None, "--config", help="YAML file with SFT settings (see configs/sft.yaml)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT_DIR."),
     ) -> None:
@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         )
         summary = run_sft(sft_dir, out_dir, settings, resume=resume)
         console = Console()
+        if summary.get("rows_over_max_length"):
+            console.print(f"[yellow]Note[/]: {summary['rows_over_max_length']} training rows were longer than "
+                          "max_length tokens and left out (raise max_length in the config to keep them).")
         loss = summary["final_loss"]
         console.print(
             f"[green]SFT done[/]: {summary['steps']} steps ({summary['steps_this_run']} this run), "

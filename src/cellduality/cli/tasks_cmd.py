@@ -34,6 +34,71 @@ def _parse_weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
+# The options each task reads (see its module), with their types. Typos are errors, and text
+# from the command line is converted: "include_control=false" must be False, not a truthy string.
+_INPAINTING = {"max_genes": int, "n_hidden": int, "hide": ("interleaved", "random", "tail"), "label_key": str,
+               "labels": list}
+TASK_OPTIONS: dict[str, dict[str, object]] = {
+    "annotation": _INPAINTING,
+    "sensitivity": {**_INPAINTING, "drug_key": str, "drug": str},
+    "generation": {"label_key": str, "max_genes": int},
+    "perturbation": {"perturbation_key": str, "perturbation_kind": str, "control_value": str, "group_key": str,
+                     "include_control": bool, "mask_targets": bool, "max_genes": int},
+}
+_BOOLS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
+
+def _convert(task: str, key: str, value: str) -> object:
+    kind = TASK_OPTIONS[task][key]
+    where = f"--option {task}.{key}={value}"
+    if kind is bool:
+        if value.lower() not in _BOOLS:
+            raise CellDualityError(f"{where}: expected true or false.")
+        return _BOOLS[value.lower()]
+    if kind is int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise CellDualityError(f"{where}: expected a whole number.") from None
+        if number < (2 if key == "max_genes" else 1):
+            raise CellDualityError(f"{where}: must be at least {2 if key == 'max_genes' else 1}.")
+        return number
+    if kind is list:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if len(items) < 2:
+            raise CellDualityError(f"{where}: give at least two comma-separated labels.")
+        return items
+    if isinstance(kind, tuple) and value not in kind:
+        raise CellDualityError(f"{where}: choose one of {', '.join(kind)}.")
+    return value
+
+
+def parse_task_options(values: list[str], tasks: list[str]) -> dict[str, dict[str, object]]:
+    """``task.key=value`` pairs -> typed per-task options; unknown tasks or keys are errors with a suggestion."""
+    import difflib
+
+    options: dict[str, dict[str, object]] = {}
+    for dotted, value in _parse_pairs(values, "--option").items():
+        name, sep, key = dotted.partition(".")
+        if not sep:
+            raise CellDualityError(f"--option {dotted}={value}: write it as task.key=value.")
+        if name not in tasks:
+            close = difflib.get_close_matches(name, [*tasks, *TASK_OPTIONS], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise CellDualityError(f"--option {dotted}: '{name}' is not a task being built ({', '.join(tasks)}){hint}.")
+        known = TASK_OPTIONS.get(name)
+        if known is None:
+            options.setdefault(name, {})[key] = value  # a task registered by a plugin: its own options
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise CellDualityError(f"--option {dotted}: unknown option of task '{name}'; {hint}"
+                                   f"known: {', '.join(sorted(known))}.")
+        options.setdefault(name, {})[key] = _convert(name, key, value)
+    return options
+
+
 @tasks_app.command("build")
 def build(
     sentences_dir: Path = typer.Argument(..., help="Folder written by `cellduality sentences`."),
@@ -45,24 +110,22 @@ def build(
     max_genes: int | None = typer.Option(None, min=2, help="Genes of a cell shown in prompts (default 32)."),
     max_examples: int | None = typer.Option(None, min=1, help="At most this many cells per task and split."),
     option: list[str] = typer.Option([], help="Task option task.key=value, e.g. perturbation.group_key=cell_type."),
-    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `tasks build` output."),
 ) -> None:
     """Write the primal, dual, RL (no labels) and oracle-RL datasets for the chosen tasks."""
     from rich.console import Console
     from rich.table import Table
 
+    from cellduality.outputs import check_output_dir
     from cellduality.tasks.builders import build_task_datasets
 
     if not sentences_dir.is_dir():
         raise CellDualityError(f"{sentences_dir} is not a folder; pass the output of `cellduality sentences`.")
-    task_options: dict[str, dict[str, str]] = {}
-    for dotted, value in _parse_pairs(option, "--option").items():
-        name, sep, key = dotted.partition(".")
-        if not sep:
-            raise CellDualityError(f"--option {dotted}={value}: write it as task.key=value.")
-        task_options.setdefault(name, {})[key] = value
+    task_options = parse_task_options(option, list(dict.fromkeys(task)))
+    weights = _parse_weights(weight)
+    check_output_dir(out_dir, "tasks build", inputs=[sentences_dir], overwrite=overwrite)
     manifest = build_task_datasets(
-        sentences_dir, task, out_dir, label_key=label_key, weights=_parse_weights(weight), seed=seed,
+        sentences_dir, task, out_dir, label_key=label_key, weights=weights, seed=seed,
         max_genes=max_genes, max_examples=max_examples, task_options=task_options, overwrite=overwrite,
     )
     table = Table(title=f"Task datasets in {out_dir}")
@@ -71,7 +134,11 @@ def build(
         table.add_column(split, justify="right")
     for name in manifest["tasks"]:
         table.add_row(name, *(str(manifest["counts"][s].get(name, 0)) for s in manifest["counts"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for split, by_task in manifest.get("unlabelled_cells", {}).items():
+        for name, n in by_task.items():
+            console.print(f"[yellow]{name}[/]: {n} {split} cells without a label were left out.", highlight=False)
 
 
 @tasks_app.command("list")

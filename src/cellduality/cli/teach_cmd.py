@@ -23,7 +23,7 @@ def teach(
     config: Path | None = typer.Option(None, "--config", help="YAML with any TeachConfig key (flags win)."),
     max_examples: int | None = typer.Option(None, min=1, help="At most this many prompts per task and split."),
     seed: int | None = typer.Option(None, help="Seed of the offline teacher and of row sampling."),
-    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality teach` output."),
 ) -> None:
     """Teacher -> rejection sampling / rank-aware filtering -> primal + dual SFT rows; resumes when re-run."""
     from rich.console import Console
@@ -35,6 +35,9 @@ def teach(
 
     if not tasks_dir.is_dir():
         raise CellDualityError(f"{tasks_dir} is not a folder; pass the output of `cellduality tasks build`.")
+    from cellduality.outputs import check_output_dir
+
+    check_output_dir(out_dir, "teach", inputs=[tasks_dir], overwrite=overwrite)
     if teacher is not None and teacher not in ("offline", "openai"):
         raise CellDualityError(f"--teacher {teacher}: choose offline or openai.")
     flags = dict(teacher=teacher, n=n, model=model, base_url=base_url, temperature=temperature,

@@ -103,7 +103,7 @@ def evaluate_generate(
     inverse = load_inverse(tasks_dir)
     knowledge = knowledge_or_none(tasks_dir, loaded)  # the teacher's training frequencies, for faithfulness
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "evaluate") as tmp:
         results: dict[str, dict[str, float]] = {}
         scorers: dict[str, GenerativeScorer] = {}
         for name in names:

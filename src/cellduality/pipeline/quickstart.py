@@ -185,7 +185,9 @@ def run_quickstart(
 
 def reset(out: Path) -> None:
     """Remove a previous quickstart folder (``--fresh``)."""
+    from cellduality.outputs import has_content, output_owner
+
     if out.exists():
-        if not (out / "summary.json").exists() and not (out / "data").exists():
-            raise CellDualityError(f"{out} does not look like a quickstart folder; refusing to delete it.")
+        if has_content(out) and output_owner(out) != "quickstart":
+            raise CellDualityError(f"{out} is not a quickstart folder (no marker); refusing to delete it.")
         shutil.rmtree(out)

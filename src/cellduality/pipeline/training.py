@@ -35,7 +35,7 @@ def merge_task_dirs(dirs: Sequence[Path], out: Path) -> dict[str, Any]:
             if name in merged_tasks:
                 raise CellDualityError(f"Task '{name}' comes from two datasets (second: {d}); give each task one dataset.")
             merged_tasks[name] = entry
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "tasks build") as tmp:
         for folder in FOLDERS:
             parts = [load_task_datasets(d, folder) for d in dirs]
             merged = DatasetDict()

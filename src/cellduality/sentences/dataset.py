@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,13 +80,11 @@ class CellSentenceDataset:
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
-        """Write the folder atomically: everything goes to a temp folder that is renamed into place."""
+        """Write the folder atomically (temp sibling renamed into place); never replaces a folder it did not write."""
+        from cellduality.outputs import atomic_dir
+
         out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
-            raise CellDualityError(f"{out_dir} exists and is not a cell-sentences folder; choose a new OUT_DIR.")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with atomic_dir(out_dir, "sentences") as tmp:
             import datasets
 
             bars = datasets.is_progress_bar_enabled()
@@ -110,16 +105,6 @@ class CellSentenceDataset:
                 **({"controls": self.controls.tolist()} if self.controls is not None else {})}))
             if self.inverse is not None:
                 self.inverse.save(tmp / INVERSE_FILE)
-            old = None
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                out_dir.rename(old)
-            tmp.rename(out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out_dir
 
     @classmethod
@@ -177,6 +162,12 @@ def build_cell_sentences(
     label_keys = list(dict.fromkeys(label_keys))
     for key in label_keys:
         _check_keys(adata.obs, {"--label-key": key})
+    from cellduality.validation import check_label_column, check_markup, label_text
+
+    for key in label_keys:
+        check_label_column(adata.obs, key)
+    check_markup(adata.obs, [perturbation_key], "--perturbation-key")
+    check_markup(adata.obs, [drug_key], "--drug-key")
     for key in keep_obs:
         _check_keys(adata.obs, {"--keep-obs": key})
     _check_keys(adata.obs, {"--perturbation-key": perturbation_key, "--group-key": group_key,
@@ -249,8 +240,8 @@ def build_cell_sentences(
     kept = list(dict.fromkeys([*label_keys, *(k for k in (perturbation_key, group_key, drug_key) if k),
                                *keep_obs]))
     columns = {"cell_id": list(cell_ids), "cell_sentence": sentences}
-    for key in kept:
-        columns[key] = obs[key].astype(str).tolist()
+    for key in kept:  # a missing label is "" (left out of labelled task splits), never a class "nan"
+        columns[key] = label_text(obs[key]) if key in label_keys else obs[key].astype(str).tolist()
     dataset = datasets.Dataset.from_dict(columns)
     meta = {
         "format": FORMAT, "source": str(source), "top_k": top_k, "seed": seed, "test_size": test_size,
@@ -258,6 +249,7 @@ def build_cell_sentences(
         "n_cells": len(sentences), "n_genes": len(symbols), "n_dropped_empty": n_dropped,
         "mean_sentence_length": round(float(np.diff(sent_indptr).mean()), 2),
         "label_keys": label_keys, "default_label_key": label_keys[0] if label_keys else None,
+        "missing_labels": {k: int(label_text(obs[k]).count("")) for k in label_keys},
         "perturbation_key": perturbation_key, "control_value": control_value, "group_key": group_key,
         "drug_key": drug_key, "stratify": stratify, "inverse_fidelity": inverse_fidelity,
     }

@@ -52,6 +52,8 @@ class ChosenInput:
 
 
 def _as_csr(matrix) -> sp.csr_matrix:
+    if getattr(matrix, "dtype", None) == np.float16:  # scipy.sparse has no float16: widen, losing nothing
+        matrix = matrix.astype(np.float32)
     out = sp.csr_matrix(matrix) if sp.issparse(matrix) else sp.csr_matrix(np.asarray(matrix))
     if out.dtype.kind not in "fiub":
         raise InputDataError(f"expression values have dtype {out.dtype}; expected numbers.")

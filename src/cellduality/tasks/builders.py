@@ -26,6 +26,7 @@ import numpy as np
 from cellduality.errors import CellDualityError
 from cellduality.paths import atomic_dir
 from cellduality.tasks.base import TASKS, Example, Task, TaskContext, dumps, get_task
+from cellduality.validation import labelled_indices
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import DatasetDict
@@ -212,10 +213,14 @@ def build_task_datasets(
     if weights and set(weights) - set(tasks):
         raise CellDualityError(f"--weight names tasks that are not built: {sorted(set(weights) - set(tasks))}.")
 
+    # cells without a label are left out of every labelled split, and counted (never a class "nan")
+    usable = {split: {name: labelled_indices(cells, task.options.get("label_key"), idx) for name, task in tasks.items()}
+              for split, idx in splits.items()}
     examples = {
-        split: {name: task.make_examples(cells, _subsample(idx, max_examples, seed, f"{name}:{split}"), seed)
+        split: {name: task.make_examples(cells, _subsample(usable[split][name][0], max_examples, seed,
+                                                           f"{name}:{split}"), seed)
                 for name, task in tasks.items()}
-        for split, idx in splits.items()
+        for split in splits
     }
     counts: dict[str, dict[str, int]] = {}
     selected: dict[str, list[tuple[str, Example]]] = {}
@@ -240,11 +245,12 @@ def build_task_datasets(
         "label_key": label_key,
         "max_genes": max_genes,
         "counts": counts,
+        "unlabelled_cells": {split: {n: k for n, (_, k) in by.items() if k} for split, by in usable.items()},
     }
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # small folders: per-shard bars are noise
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "tasks build") as tmp:
             for folder, make_row in ROW_BUILDERS.items():
                 DatasetDict({
                     split: Dataset.from_list([make_row(tasks[name], ex) for name, ex in rows]) if rows

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cellduality.errors import CellDualityError
+from cellduality.outputs import describe_differences, has_content, replace_dir
 from cellduality.tasks.base import Task, loads
 from cellduality.tasks.text import stable_seed
 from cellduality.teacher.base import Teacher, TeacherRequest
@@ -218,8 +219,9 @@ def _check_identity(path: Path, identity: dict[str, Any]) -> None:
         previous = json.loads(path.read_text())
         if previous != json.loads(json.dumps(identity)):
             raise CellDualityError(
-                f"An interrupted run with different settings is in {path.parent}; re-run it with the same "
-                "options to resume, or delete that folder to start over."
+                f"An interrupted run with different settings ({describe_differences(previous, identity)}) is in "
+                f"{path.parent}; re-run it with the same options to resume, "
+                "or delete that folder to start over."
             )
     else:
         path.write_text(json.dumps(identity, indent=1))
@@ -293,6 +295,22 @@ def _report(progress: ProgressLog, splits: Sequence[str], teacher: Teacher, conf
     }
 
 
+def _why_nothing(report: dict[str, Any]) -> str:
+    """The actual cause of an empty result: failing requests, unparseable answers or strict filtering."""
+    rows = [r for r in report["acceptance"] if r["split"] == "train"]
+    reasons: Counter = Counter()
+    for r in rows:
+        reasons.update(r["reasons"])
+    if sum(r["candidates"] for r in rows) == 0:
+        first = (report.get("failure_examples") or ["no answer"])[0]
+        return f"every teacher request failed ({str(first)[:120]}); check the server URL, model name and key."
+    top, _ = reasons.most_common(1)[0] if reasons else ("below threshold", 0)
+    if top in ("malformed", "no reasoning"):
+        return (f"most answers were {top} (no <think>/<answer> blocks the task can read); the server or model "
+                "does not follow the answer format -- check --model and --base-url.")
+    return "answers were wrong or scored below the threshold; lower --threshold, raise --n or use a stronger teacher."
+
+
 def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
                   primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
                   overwrite: bool) -> None:
@@ -310,9 +328,7 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                     rows.append({"prompt": rec["prompt"], "completion": completion, "task": rec["task"],
                                  "direction": direction, "id": row_id})
         if split == "train" and not rows:
-            raise CellDualityError(
-                "The teacher produced no accepted training rows; lower --threshold, raise --n or check the teacher."
-            )
+            raise CellDualityError(f"The teacher produced no accepted training rows: {_why_nothing(report)}")
         data[split] = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
             {c: [] for c in SFT_COLUMNS}, features=features)
     tmp = work / "output.tmp"
@@ -331,9 +347,7 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
         if (tasks_dir / name).is_file():
             shutil.copy2(tasks_dir / name, tmp / name)
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise CellDualityError(f"{out} appeared while teaching; choose a new folder or pass --overwrite.")
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if out.exists() and not overwrite and has_content(out):
+        raise CellDualityError(f"{out} appeared while teaching; choose a new folder or pass --overwrite.")
+    replace_dir(tmp, out, "teach")  # never replaces a folder `teach` did not write
     shutil.rmtree(work, ignore_errors=True)

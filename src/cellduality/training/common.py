@@ -100,25 +100,29 @@ def _valid_state(path: Path) -> bool:
     return True
 
 
-def prepare_output_dir(out_dir: str | os.PathLike[str], resume: bool, command: str = "cellduality sft") -> Path | None:
-    """Check ``out_dir`` against ``resume`` and return the checkpoint to resume from (or ``None``).
+def prepare_output_dir(out_dir: str | os.PathLike[str], resume: bool, command: str = "cellduality sft", *,
+                       inputs: tuple[Any, ...] = (), fingerprint: dict[str, Any] | None = None) -> Path | None:
+    """Apply the output policy to ``out_dir`` and return the checkpoint to resume from (or ``None``).
 
-    Without ``resume`` a folder that already holds a run (checkpoints or a finished model) is an
-    error rather than silently overwritten; with ``resume`` and no checkpoint, training starts
-    from scratch.
+    Without ``resume`` a folder that already holds a run is an error rather than silently
+    overwritten; ``resume`` continues only this command's own run (never e.g. an SFT model folder
+    given to ``grpo``) and only with the same ``fingerprint`` (inputs + settings); with no
+    checkpoint yet, training starts from scratch. The caller stores the fingerprint with
+    :func:`cellduality.outputs.record_fingerprint` once its model loaded (a bad model leaves no folder).
     """
+    from cellduality.outputs import check_fingerprint, check_output_dir
+
+    name = command.removeprefix("cellduality ")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CellDualityError(f"OUT_DIR {out} is a file; choose a folder path.")
+    check_output_dir(out, name, inputs=inputs, resume=resume)
     checkpoint = last_checkpoint(out)
-    if resume:
-        return checkpoint
-    if checkpoint is not None or (out / INFO_FILE).is_file():
+    if not resume and (checkpoint is not None or (out / INFO_FILE).is_file()):
         raise CellDualityError(
             f"{out} already holds a training run; pass --resume to continue it, or choose a new OUT_DIR "
             f"for a fresh `{command}`."
         )
-    return None
+    check_fingerprint(out, fingerprint or {}, resume)  # recorded by the trainer once it is built
+    return checkpoint if resume else None
 
 
 def resumed_steps(checkpoint: Path | None) -> int:

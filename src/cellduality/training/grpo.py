@@ -439,6 +439,7 @@ def run_grpo(
     import torch
 
     from cellduality.models import format_prompt, load_model, save_cellduality_model
+    from cellduality.outputs import record_fingerprint, run_fingerprint
     from cellduality.rewards import DualityReward, GroundTruthReward
     from cellduality.training.common import (
         plot_loss_curve,
@@ -451,11 +452,11 @@ def run_grpo(
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS
     metrics_path = out / METRICS_FILE
-    if metrics_path.is_file():
-        if resume:
-            return json.loads(metrics_path.read_text())
-        raise CellDualityError(f"{out} already holds a finished GRPO run; choose a new OUT_DIR.")
-    last = prepare_output_dir(out, resume, "cellduality grpo")
+    # the output policy first: OUT must be new or this same GRPO run (never e.g. the SFT model folder)
+    fingerprint = run_fingerprint({"rl_data": rl_dir, "sft_model": sft_model}, settings.model_dump(mode="json"))
+    last = prepare_output_dir(out, resume, "cellduality grpo", inputs=(rl_dir, sft_model), fingerprint=fingerprint)
+    if metrics_path.is_file():  # a finished run: --resume has nothing left to do
+        return json.loads(metrics_path.read_text())
     if settings.use_vllm and not torch.cuda.is_available():
         raise ConfigError("use_vllm needs a GPU (vLLM does not run on CPU); set use_vllm: false here.")
     _check_backends(settings.report_to)
@@ -481,6 +482,7 @@ def run_grpo(
         callbacks=[step_callback, *(callbacks or [])],
     )
     trainer.clock = clock
+    record_fingerprint(out, fingerprint, "grpo")
     use_rich_progress(trainer)
     if isinstance(reward, DualityReward):
         # The live policy answers the dual task: attached now that the trainer (and its wrapped,

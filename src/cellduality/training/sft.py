@@ -14,17 +14,19 @@ so the output folder is a plain HF model). Checkpoints go to ``OUT_DIR/checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cellduality.config import StrictModel
 from cellduality.errors import CellDualityError
 from cellduality.models.loading import PROMPT_SEPARATOR, format_prompt, load_model, lora_config
 from cellduality.models.presets import PRESETS, build_model, count_parameters
+from cellduality.outputs import record_fingerprint, run_fingerprint
 from cellduality.training.common import (
     LOSS_PLOT,
     checkpoint_dir,
@@ -74,9 +76,14 @@ class SFTSettings(StrictModel):
     group_by_length: bool = Field(
         True, description="batch rows of similar length (less padding computed; order still random per megabatch)"
     )
-    padding_free: bool = Field(
-        False, description="flatten each batch into one sequence (no padding); rows over max_length are dropped"
-    )
+    padding_free: bool = Field(False, description="flatten each batch into one sequence (no padding)")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0 or value < -1:  # 0 used to train one step, -2 the default schedule
+            raise ValueError("max_steps must be a positive number of steps (or -1: train for `epochs`)")
+        return value
 
     def lora_overrides(self) -> dict[str, Any]:
         return {
@@ -141,10 +148,10 @@ def _as_training_rows(dataset: Dataset, tokenizer: Any) -> Dataset:
 
 
 def _drop_long_rows(dataset: Dataset, tokenizer: Any, max_length: int) -> Dataset:
-    """Keep rows whose prompt+completion fit ``max_length`` tokens (padding-free mode).
+    """Keep rows whose prompt+completion fit ``max_length`` tokens; the count left out is reported.
 
-    TRL does not truncate padding-free batches; dropping is also kinder than truncating, which
-    would teach the model completions that stop before ``</answer>``.
+    TRL does not truncate padding-free batches and would silently cut padded ones; dropping is
+    kinder than truncating, which would teach the model completions that stop before ``</answer>``.
     """
 
     def fits(batch: dict[str, list[str]]) -> list[bool]:
@@ -154,6 +161,10 @@ def _drop_long_rows(dataset: Dataset, tokenizer: Any, max_length: int) -> Datase
     kept = dataset.filter(fits, batched=True, desc="Dropping rows over max_length")
     if len(kept) == 0:
         raise CellDualityError(f"Every SFT row is longer than max_length={max_length} tokens; raise max_length.")
+    if len(kept) < len(dataset):
+        logging.getLogger(__name__).warning(
+            "SFT: %d of %d rows are longer than max_length=%d tokens and were left out (raise max_length to keep them).",
+            len(dataset) - len(kept), len(dataset), max_length)
     return kept
 
 
@@ -239,10 +250,10 @@ def build_sft_trainer(
     if "test" in data and len(data["test"]) and settings.eval_steps:
         test = data["test"].select(range(min(settings.max_eval_rows, len(data["test"]))))
         eval_data = _as_training_rows(test, tokenizer)
-    if settings.padding_free:
-        train = _drop_long_rows(train, tokenizer, settings.max_length)
-        eval_data = _drop_long_rows(eval_data, tokenizer, settings.max_length) if eval_data is not None else None
-    return SFTTrainer(
+    n_rows = len(train)
+    train = _drop_long_rows(train, tokenizer, settings.max_length)
+    eval_data = _drop_long_rows(eval_data, tokenizer, settings.max_length) if eval_data is not None else None
+    trainer = SFTTrainer(
         model=model,
         args=_sft_config(settings, Path(out_dir), eval_data is not None),
         train_dataset=train,
@@ -251,6 +262,8 @@ def build_sft_trainer(
         peft_config=lora_config(settings.lora_overrides()) if settings.lora else None,
         callbacks=callbacks,
     )
+    trainer.rows_over_max_length = n_rows - len(train)
+    return trainer
 
 
 def run_sft(
@@ -270,8 +283,10 @@ def run_sft(
     settings = settings or SFTSettings()
     sft_path, out = Path(sft_dir), Path(out_dir)
     load_sft_data(sft_path)  # fail on a bad input folder before touching OUT_DIR
-    checkpoint = prepare_output_dir(out, resume)
+    fingerprint = run_fingerprint({"sft_data": sft_path}, settings.model_dump(mode="json"))
+    checkpoint = prepare_output_dir(out, resume, inputs=(sft_path,), fingerprint=fingerprint)
     trainer = build_sft_trainer(sft_path, out, settings, checkpoint, callbacks)
+    record_fingerprint(out, fingerprint, "sft")
     tokenizer = trainer.processing_class
     use_rich_progress(trainer)
     started = time.perf_counter()
@@ -289,6 +304,7 @@ def run_sft(
         "steps_this_run": trainer.state.global_step - start_step,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "train_rows": len(trainer.train_dataset),
+        "rows_over_max_length": getattr(trainer, "rows_over_max_length", 0),
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "train_loss": result.training_loss,
