@@ -11,7 +11,7 @@ prompt; identical dual prompts are generated once (greedy decoding). Dual answer
 ``--dual-tokens`` tokens (an untrained model never stops early). The first step (warm-up) is
 excluded from the figures.
 
-    /work/venv/bin/python benchmarks/bench_grpo.py --steps 4
+    python benchmarks/bench_grpo.py --steps 4   (from the repo root, in its virtual environment)
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cellduality.errors import CellDualityError
+from cellduality.redaction import redact
 
 app = typer.Typer(
     name="cellduality",
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         # standalone mode: typer/click print usage errors themselves (exit 2).
         app(args=argv, standalone_mode=True)
     except CellDualityError as exc:
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]Error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.show_cursor(True)  # a progress bar may have hidden it

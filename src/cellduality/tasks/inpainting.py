@@ -5,7 +5,7 @@ alone. Instead the cell is split: the primal sees the whole cell and names a lab
 only the *observed* genes ``c_obs`` (hidden ones masked) plus that label and must name the hidden
 genes ``c_hid``; the reward is ``RWJS(c_hid, ĉ_hid)``. A good label helps inpainting only if the
 hidden genes carry the label's signal, so by default we hide every other gene of ranks 1..2m
-(``/work/shared/data/BASELINES.md``: hiding the top carries the signal, hiding the tail does not).
+(``../shared/data/BASELINES.md`` beside the repo: hiding the top carries the signal, hiding the tail does not).
 
 Annotation and drug sensitivity are both subclasses; a new label-prediction task is one module
 that sets the templates and how labels and extra inputs (e.g. the drug) are read.

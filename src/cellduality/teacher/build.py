@@ -21,6 +21,7 @@ from typing import Any
 
 from cellduality.errors import CellDualityError
 from cellduality.outputs import describe_differences, has_content, replace_dir
+from cellduality.redaction import redact
 from cellduality.tasks.base import Task, loads
 from cellduality.tasks.text import stable_seed
 from cellduality.teacher.base import Teacher, TeacherRequest
@@ -190,9 +191,7 @@ def build_sft(
     work.mkdir(parents=True, exist_ok=True)
     teacher = teacher or make_teacher(config, tasks, primal["train"])
     identity = {"tasks_dir": str(tasks_dir.resolve()), "teacher": teacher.describe(),
-                "config": config.model_dump(exclude={"concurrency", "batch_size", "timeout", "max_retries", "backoff",
-                                                     "cache_path", "price_prompt_per_million",
-                                                     "price_completion_per_million"})}
+                "config": {k: redact(v) for k, v in config.model_dump(exclude=_NOT_IDENTITY).items()}}
     _check_identity(work / "run.json", identity)
     progress = ProgressLog(work / "progress.jsonl")
 
@@ -212,6 +211,11 @@ def build_sft(
     report = _report(progress, splits, teacher, config)
     _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite)
     return report
+
+
+_NOT_IDENTITY = {"concurrency", "batch_size", "timeout", "max_retries", "backoff", "cache_path",
+                 "price_prompt_per_million", "price_completion_per_million"}
+"""Settings that may change between an interrupted run and its resumption."""
 
 
 def _check_identity(path: Path, identity: dict[str, Any]) -> None:

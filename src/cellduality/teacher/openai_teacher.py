@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cellduality.errors import TeacherError
+from cellduality.redaction import redact
 from cellduality.teacher.base import Generation, Teacher, TeacherRequest
 from cellduality.teacher.cache import ResponseCache, cache_key
 
@@ -125,7 +126,7 @@ class OpenAITeacher(Teacher):
         return {
             "teacher": self.name,
             "model": self.model,
-            "base_url": self.base_url or "https://api.openai.com/v1",
+            "base_url": redact(self.base_url or "https://api.openai.com/v1"),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
@@ -215,9 +216,9 @@ class OpenAITeacher(Teacher):
             except oai.APITimeoutError:
                 last = "request timed out"
             except oai.APIConnectionError as exc:
-                last = f"connection failed ({exc.__cause__ or exc})"
+                last = redact(f"connection failed ({exc.__cause__ or exc})")
                 if attempt == self.max_retries:
-                    where = self.base_url or "https://api.openai.com/v1"
+                    where = redact(self.base_url or "https://api.openai.com/v1")
                     raise TeacherError(
                         f"The teacher API at {where} is unreachable ({last}); start the server or fix --base-url."
                     ) from None
@@ -238,4 +239,4 @@ class OpenAITeacher(Teacher):
                 last = f"malformed response ({type(exc).__name__})"
         if texts:
             return texts
-        raise _RequestFailed(f"gave up after {self.max_retries + 1} attempts: {last}")
+        raise _RequestFailed(redact(f"gave up after {self.max_retries + 1} attempts: {last}"))
