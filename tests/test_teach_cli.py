@@ -69,7 +69,7 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     assert "Teacher acceptance" in stdout and "annotation" in stdout
     # an existing output is a one-line error, not an overwrite
     code, _, err = run_cli(["teach", tasks_dir, out], capsys)
-    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "already" in err and len(err.strip().splitlines()) == 1
 
 
 def test_config_typo_and_bad_teacher_are_one_line_errors(tasks_dir, tmp_path, capsys):
