@@ -53,15 +53,21 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     dual = {r["id"]: r for r in load_task_datasets(tasks_dir, "dual")["train"]}
     rows = list(sft["train"])
     kept_primal = {r["id"] for r in rows if r["direction"] == "primal"}
+    direct = [r for r in rows if r["direction"] == "dual_direct"]
+    # each kept dual prompt also has its direct answer (what the likelihood reward scores), nothing else
+    assert direct and all(r["completion"].startswith("<think>  </think> <answer> ") for r in direct)
+    assert sorted(r["id"] for r in direct) == sorted(r["id"] for r in rows if r["direction"] == "dual")
+    assert [r["prompt"] for r in direct] == [r["prompt"] for r in rows if r["direction"] == "dual"]
     for row in rows:
-        assert re.fullmatch(r"<think> .+ </think> <answer> .+ </answer>", row["completion"], re.S)
+        if row not in direct:
+            assert re.fullmatch(r"<think> .+ </think> <answer> .+ </answer>", row["completion"], re.S)
         if row["direction"] == "primal" and row["task"] == "annotation":
             assert row["completion"].endswith(f"<answer> {primal[row['id']]['answer']} </answer>")  # rejection sampling
         if row["direction"] == "dual":
             assert row["id"] in kept_primal  # dual rows only for accepted primal rows
             assert row["prompt"] == dual[row["id"]]["prompt"]
             assert row["completion"].endswith(f"<answer> {dual[row['id']]['answer']} </answer>")
-    assert {r["task"] for r in rows} == {"annotation", "generation"} and {r["direction"] for r in rows} == {"primal", "dual"}
+    assert {r["task"] for r in rows} == {"annotation", "generation"} and {r["direction"] for r in rows} == {"primal", "dual", "dual_direct"}
     report = json.loads((out / "teach_report.json").read_text())
     table = {(r["split"], r["task"], r["direction"]): r for r in report["acceptance"]}
     ann = table[("train", "annotation", "primal")]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover  (runtime import would be circular: tasks 
     from cellduality.tasks.base import Task
 
 GenerateFn = Callable[[list[str]], list[str]]
+ParsedRow = tuple[int, "Task", Any, dict[str, Any]]
 
 
 def _as_gene_list(genes: str | Iterable[str] | None) -> list[str]:
@@ -163,6 +164,29 @@ class _TaskReward:
             return [next(iter(self.tasks))] * n
         return names
 
+    def _parsed(self, completions: Sequence[Any], kwargs: Mapping[str, Any],
+                columns: Sequence[str] = ("known", "unknown", "seed")) -> tuple[list[str | None], list[ParsedRow], int]:
+        """Task names, the well-formed rows ``(row, task, answer, {column: value})`` and the malformed count.
+
+        Only the primal parser is forgiving (malformed text is counted, its reward stays 0); an
+        unknown task name is a bug in the data and raises.
+        """
+        n = len(completions)
+        names = self._task_names(kwargs, n)
+        values = {c: _column(kwargs, c, n) for c in columns}
+        parsed: list[ParsedRow] = []
+        malformed = 0
+        for i in range(n):
+            task = self.tasks.get(names[i]) if names[i] is not None else None
+            if task is None:
+                raise ValueError(f"row {i}: task {names[i]!r} is not one of {sorted(self.tasks)}")
+            answer = task.parse_primal(completion_text(completions[i]))
+            if answer is None:
+                malformed += 1
+                continue
+            parsed.append((i, task, answer, {c: v[i] for c, v in values.items()}))
+        return names, parsed, malformed
+
     def _publish(self, stats: dict[str, float], kwargs: Mapping[str, Any]) -> None:
         self.last_stats = stats
         log_metric = kwargs.get("log_metric")
@@ -199,26 +223,13 @@ class DualityReward(_TaskReward):
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         n = len(completions)
-        names = self._task_names(kwargs, n)
-        knowns = _column(kwargs, "known", n)
-        unknowns = _column(kwargs, "unknown", n)
-        seeds = _column(kwargs, "seed", n)
-
+        names, parsed, malformed = self._parsed(completions, kwargs)
         rewards = [0.0] * n
         pending: list[tuple[int, Task, Any]] = []  # (row, task, x_u)
         dual_prompts: list[str] = []
-        malformed = 0
-        for i in range(n):
-            task = self.tasks.get(names[i]) if names[i] is not None else None
-            if task is None:
-                raise ValueError(f"row {i}: task {names[i]!r} is not one of {sorted(self.tasks)}")
-            answer = _safe(task.parse_primal, completion_text(completions[i]))
-            if answer is None:
-                malformed += 1
-                continue
-            known, unknown = _json(knowns[i]), _json(unknowns[i])
-            dual_prompts.append(task.dual_prompt(answer, known or {}, _seed(seeds[i])))
-            pending.append((i, task, unknown))
+        for i, task, answer, row in parsed:
+            dual_prompts.append(task.dual_prompt(answer, _json(row["known"]) or {}, _seed(row["seed"])))
+            pending.append((i, task, _json(row["unknown"])))
 
         generate_seconds = 0.0
         dual_failures = 0
@@ -232,7 +243,7 @@ class DualityReward(_TaskReward):
                 raise ValueError(f"generate returned {len(outputs)} texts for {len(dual_prompts)} prompts")
             for (i, task, unknown), output in zip(pending, outputs, strict=True):
                 text = completion_text(output)
-                if _safe(task.parse_dual, text) is None:
+                if task.parse_dual(text) is None:
                     dual_failures += 1
                 rewards[i] = task.duality_score(unknown, text)
 
@@ -247,6 +258,87 @@ class DualityReward(_TaskReward):
         return rewards
 
 
+class DualLikelihoodReward(_TaskReward):
+    """The duality reward read off the dual's *probability* of ``x_u``: one forward pass, no sampling.
+
+    The paper's reward (:class:`DualityReward`) samples a dual answer and scores it with RWJS or
+    0/1, which throws most of the dual's knowledge away: a small model's greedy inpainting
+    ignores the label it is given, and a 0/1 label recovery saturates. Here the live policy
+    scores, teacher-forced, the true ``x_u`` (the hidden genes; the cell type or perturbation
+    of a generated cell) given the dual prompt, against every candidate
+    (:meth:`Task.likelihood_queries`):
+
+    * classification: ``P(y | x) ∝ p(c_hid | c_obs, y)`` over the candidate labels -- how much
+      better the policy's label explains the hidden genes than the other labels do;
+    * generative: ``p(x_u | y, x_k)`` normalised over the candidate ``x_u`` -- a soft version of
+      the paper's exact-recovery reward.
+
+    No label is read: ``x_u`` is part of the unlabelled input and the candidates are the task's
+    label set. ``temperature`` divides the log-likelihoods before the softmax (> 1 softens an
+    over-confident dual). ``score`` (``(prompts, targets) -> ContinuationScore``) is attached
+    after construction by the GRPO trainer, like :attr:`DualityReward.generate`.
+    """
+
+    __name__ = "duality"
+
+    def __init__(self, tasks: Mapping[str, Task], score: Callable[..., Any] | None = None,
+                 temperature: float = 1.0) -> None:
+        super().__init__(tasks)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.score = score
+        self.temperature = temperature
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        n = len(completions)
+        names, parsed, malformed = self._parsed(completions, kwargs)
+        queries: dict[int, Any] = {}
+        pairs: dict[tuple[str, str], int] = {}  # distinct (prompt, target) -> slot
+        for i, task, answer, row in parsed:
+            query = task.likelihood_queries(answer, _json(row["known"]) or {}, _json(row["unknown"]),
+                                            _seed(row["seed"]))
+            for pair in zip(query.prompts, query.targets, strict=True):
+                pairs.setdefault(pair, len(pairs))
+            queries[i] = query
+
+        score_seconds = 0.0
+        rewards = [0.0] * n
+        if queries:
+            if self.score is None:
+                raise RuntimeError("DualLikelihoodReward.score is not set; attach the policy's score function first")
+            start = time.perf_counter()
+            distinct = list(pairs)
+            scored = self.score([p for p, _ in distinct], [t for _, t in distinct])
+            score_seconds = time.perf_counter() - start
+            if len(scored) != len(distinct):
+                raise ValueError(f"score returned {len(scored)} values for {len(distinct)} pairs")
+            for i, query in queries.items():
+                values = [scored[pairs[pair]] for pair in zip(query.prompts, query.targets, strict=True)]
+                rewards[i] = likelihood_reward(values, query.index, self.temperature)
+
+        stats = {
+            "primal_malformed_rate": malformed / n if n else 0.0,
+            "score_seconds": score_seconds,
+            "n_scored": float(len(pairs)),
+            **_per_task_means(names, rewards),
+        }
+        self._publish(stats, kwargs)
+        return rewards
+
+
+def likelihood_reward(scores: Sequence[Any], index: int, temperature: float = 1.0) -> float:
+    """Softmax of ``scores[*].logprob / temperature`` at ``index``; one score: its per-token probability."""
+    if len(scores) == 1:
+        return math.exp(scores[0].mean_logprob)
+    logits = [s.logprob / temperature for s in scores]
+    top = max(logits)
+    total = sum(math.exp(v - top) for v in logits)
+    value = math.exp(logits[index] - top) / total
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"likelihood reward {value!r} outside [0, 1] (scores {scores})")
+    return value
+
+
 class GroundTruthReward(_TaskReward):
     """The supervised-RLVR oracle: label accuracy (classification) or RWJS to the real cell.
 
@@ -258,39 +350,22 @@ class GroundTruthReward(_TaskReward):
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         n = len(completions)
-        names = self._task_names(kwargs, n)
-        targets = _column(kwargs, "target", n)
+        if kwargs.get("target") is None:
+            raise ValueError("GroundTruthReward needs the 'target' column (use the rl_oracle dataset)")
+        names, parsed, malformed = self._parsed(completions, kwargs, ("target",))
         rewards = [0.0] * n
-        malformed = 0
-        for i in range(n):
-            task = self.tasks.get(names[i]) if names[i] is not None else None
-            if task is None:
-                raise ValueError(f"row {i}: task {names[i]!r} is not one of {sorted(self.tasks)}")
-            if targets[i] is None:
-                raise ValueError("GroundTruthReward needs the 'target' column (use the rl_oracle dataset)")
-            answer = _safe(task.parse_primal, completion_text(completions[i]))
-            if answer is None:
-                malformed += 1
-                continue
-            rewards[i] = _clip(_safe(task.ground_truth_score, _json(targets[i]), answer))
+        for i, task, answer, row in parsed:
+            if row["target"] is None:
+                raise ValueError(f"row {i}: no 'target' value (use the rl_oracle dataset)")
+            rewards[i] = _checked(task.ground_truth_score(_json(row["target"]), answer), task)
         stats = {"primal_malformed_rate": malformed / n if n else 0.0, **_per_task_means(names, rewards)}
         self._publish(stats, kwargs)
         return rewards
 
 
-def _safe(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a parser/scorer on model output; any exception means malformed (``None``)."""
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
-def _clip(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    if value != value:
-        return 0.0
-    return min(1.0, max(0.0, value))
+def _checked(value: Any, task: Task) -> float:
+    """A score from our own code: outside [0, 1] (or NaN) is a bug, never a silent 0."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{type(task).__name__}.ground_truth_score returned {value!r}, outside [0, 1]")
+    return value

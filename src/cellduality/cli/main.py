@@ -41,6 +41,7 @@ _COMMAND_MODULES = (
     "sft_cmd",
     "grpo_cmd",
     "evaluate_cmd",
+    "diagnose_cmd",
     "benchmark_cmd",
     "inference_cmd",
 )

@@ -111,6 +111,8 @@ def build(
     max_examples: int | None = typer.Option(None, min=1, help="At most this many cells per task and split."),
     option: list[str] = typer.Option([], help="Task option task.key=value, e.g. perturbation.group_key=cell_type."),
     overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `tasks build` output."),
+    validation_fraction: float = typer.Option(0.0, min=0.0, max=0.95,
+                                              help="Carve this share of the training cells into a validation split."),
 ) -> None:
     """Write the primal, dual, RL (no labels) and oracle-RL datasets for the chosen tasks."""
     from rich.console import Console
@@ -127,6 +129,7 @@ def build(
     manifest = build_task_datasets(
         sentences_dir, task, out_dir, label_key=label_key, weights=weights, seed=seed,
         max_genes=max_genes, max_examples=max_examples, task_options=task_options, overwrite=overwrite,
+        validation_fraction=validation_fraction,
     )
     table = Table(title=f"Task datasets in {out_dir}")
     table.add_column("task")

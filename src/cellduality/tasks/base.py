@@ -133,6 +133,19 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LikelihoodQuery:
+    """Pairs to score teacher-forced for one primal answer (:meth:`Task.likelihood_queries`).
+
+    ``prompts[i]`` + ``targets[i]`` are scored; the reward is the softmax over the pairs'
+    log-likelihoods taken at ``index`` (or the per-token probability when there is one pair).
+    """
+
+    prompts: list[str]
+    targets: list[str]
+    index: int
+
+
 # --------------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------------
@@ -206,15 +219,62 @@ class Task(ABC):
 
     # ---- helpers shared by every task ------------------------------------------------------
     def duality_score(self, unknown: Unknown, dual_text: str) -> float:
-        """Reward of one dual response: ``1 - d(x_u, parse_dual(text))``, clipped to [0, 1]."""
-        try:
-            guess = self.parse_dual(dual_text)
-            value = 1.0 - float(self.distance(unknown, guess))
-        except Exception:  # rewards never raise on model output
-            return 0.0
-        if value != value:  # NaN
-            return 0.0
-        return min(1.0, max(0.0, value))
+        """Reward of one dual response: ``1 - d(x_u, parse_dual(text))``.
+
+        Only the parser is forgiving (malformed text -> ``None`` -> distance 1 -> reward 0). An
+        exception or a value outside [0, 1] from :meth:`distance` is a bug in the task and
+        propagates: silently turning it into 0 would train GRPO on nothing without a word.
+        """
+        guess = self.parse_dual(dual_text)
+        value = 1.0 - float(self.distance(unknown, guess))
+        if not 0.0 <= value <= 1.0:  # also catches NaN
+            raise ValueError(f"{type(self).__name__}.distance returned {1.0 - value!r}, outside [0, 1]")
+        return value
+
+    # ---- likelihood duality (one forward pass, no sampling) --------------------------------
+    def answer_candidates(self) -> list[Answer]:
+        """Every primal answer the task allows, for contrasting the dual over answers.
+
+        Classification tasks return their label set (part of the task, not ground truth);
+        generative tasks, whose answers are open-ended, return ``[]``.
+        """
+        return list(self.context.labels) if self.kind == "classification" else []
+
+    def unknown_candidates(self, unknown: Unknown) -> list[Unknown]:
+        """Every value ``x_u`` can take, for contrasting the dual over unknowns (``[]``: open-ended)."""
+        return []
+
+    def dual_target(self, unknown: Unknown) -> str:
+        """The dual response that states ``x_u`` directly (empty reasoning), for teacher forcing."""
+        return format_response("", self.render_unknown(unknown))
+
+    def likelihood_queries(self, answer: Answer, known: Known, unknown: Unknown, seed: int) -> LikelihoodQuery:
+        """What to score so that the dual's *probability* of ``x_u`` becomes the reward.
+
+        Classification (dual = inpainting ``x_u`` given ``(y, x_k)``): score ``x_u`` after the dual
+        prompt of every candidate answer; the reward is the posterior of ``y`` among them
+        (Bayes with a flat prior: which label best explains the hidden genes). Generative (dual =
+        name ``x_u`` from ``(y, x_k)``): score every candidate ``x_u`` after the one dual prompt of
+        ``y``; the reward is the probability of the true ``x_u``. Without candidates the query
+        scores the true ``x_u`` alone (reward: its per-token probability).
+        """
+        answers = self.answer_candidates()
+        if answers:
+            keys = [self.render_answer(a) for a in answers]
+            mine = self.render_answer(answer)
+            if mine not in keys:
+                raise ValueError(f"{self.name}: answer {mine!r} is not among the candidates {keys}")
+            target = self.dual_target(unknown)
+            return LikelihoodQuery([self.dual_prompt(a, known, seed) for a in answers], [target] * len(answers),
+                                   keys.index(mine))
+        prompt = self.dual_prompt(answer, known, seed)
+        options = self.unknown_candidates(unknown)
+        if options:
+            truth = [i for i, u in enumerate(options) if self.distance(unknown, u) == 0.0]
+            if len(truth) != 1:
+                raise ValueError(f"{self.name}: x_u {unknown!r} matches {len(truth)} of the candidates")
+            return LikelihoodQuery([prompt] * len(options), [self.dual_target(u) for u in options], truth[0])
+        return LikelihoodQuery([prompt], [self.dual_target(unknown)], 0)
 
     # ---- faithfulness of the reasoning (cellduality.faithfulness) -----------------------------
     def claim_cells(self, prompt: Any, response: str) -> tuple[list[str] | None, list[str] | None]:

@@ -146,6 +146,21 @@ def _splits(cells: CellSentenceDataset, seed: int) -> dict[str, list[int]]:
     return {"train": sorted(order[:cut].tolist()), "test": sorted(order[cut:].tolist())}
 
 
+def _carve_validation(splits: dict[str, list[int]], fraction: float, seed: int) -> dict[str, list[int]]:
+    """Move a seeded ``fraction`` of the training cells into a ``validation`` split."""
+    if not 0.0 <= fraction < 1.0:
+        raise CellDualityError(f"--validation-fraction must be in [0, 1), got {fraction}.")
+    if not fraction:
+        return splits
+    train = splits["train"]
+    n = int(round(fraction * len(train)))
+    if n < 1 or n >= len(train):
+        raise CellDualityError(f"--validation-fraction {fraction} leaves no validation or no training cells "
+                               f"out of {len(train)}; choose another fraction.")
+    chosen = set(np.random.default_rng([seed, 7]).choice(train, n, replace=False).tolist())
+    return {**splits, "train": [i for i in train if i not in chosen], "validation": sorted(chosen)}
+
+
 def _subsample(indices: list[int], limit: int | None, seed: int, name: str) -> list[int]:
     if not limit or len(indices) <= limit:
         return indices
@@ -189,6 +204,7 @@ def build_task_datasets(
     max_examples: int | None = None,
     task_options: Mapping[str, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
+    validation_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``OUT_DIR/{primal,dual,rl,rl_oracle}``, ``tasks.json`` and the lineage files.
 
@@ -196,7 +212,9 @@ def build_task_datasets(
     *train* split of several tasks (the test split keeps every example once, for evaluation).
     ``max_examples`` caps the cells used per task and split (seeded sub-sample), ``max_genes`` the
     genes of a cell shown in prompts; ``task_options`` passes per-task options. Returns the
-    ``tasks.json`` content.
+    ``tasks.json`` content. ``validation_fraction`` carves a seeded ``validation`` split out of
+    the training cells (never taught, never trained on): hyperparameters and checkpoints are
+    chosen there, so the test split is read once, for the final figures.
     """
     import datasets
     from datasets import Dataset, DatasetDict
@@ -207,7 +225,7 @@ def build_task_datasets(
     if not task_names:
         raise CellDualityError("No task given; pass --task annotation (or generation, sensitivity, perturbation).")
     cells, sentences_dir = _load_cells(cells)
-    splits = _splits(cells, seed)
+    splits = _carve_validation(_splits(cells, seed), validation_fraction, seed)
     tasks = make_tasks(cells, task_names, splits["train"], label_key=label_key, task_options=task_options,
                        max_genes=max_genes)
     if weights and set(weights) - set(tasks):

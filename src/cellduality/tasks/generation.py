@@ -117,6 +117,9 @@ class GenerationTask(Task):
     def render_unknown(self, unknown: Unknown) -> str:
         return str(unknown["cell_type"])
 
+    def unknown_candidates(self, unknown: Unknown) -> list[Unknown]:
+        return [{"cell_type": label} for label in self.context.labels]
+
     def parse_dual(self, text: str) -> Unknown | None:
         label = parse_label(text, self.context.labels)
         return None if label is None else {"cell_type": label}

@@ -331,6 +331,10 @@ class PerturbationTask(Task):
     def render_unknown(self, unknown: Unknown) -> str:
         return Perturbation.from_dict(unknown["perturbation"]).render()
 
+    def unknown_candidates(self, unknown: Unknown) -> list[Unknown]:
+        parsed = (Perturbation.parse(c) for c in self.context.perturbations)
+        return [{"perturbation": p.to_dict()} for p in parsed if p is not None]
+
     def parse_dual(self, text: str) -> Unknown | None:
         """The perturbation named in ``<answer>``; one outside the candidate set is malformed."""
         content = extract_answer(text)

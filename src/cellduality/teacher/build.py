@@ -209,7 +209,8 @@ def build_sft(
             _run_stage(teacher, tasks, config, progress, split, "dual", rows, on_progress)
 
     report = _report(progress, splits, teacher, config)
-    _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite)
+    _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite,
+                  direct_dual=config.direct_dual)
     return report
 
 
@@ -317,8 +318,16 @@ def _why_nothing(report: dict[str, Any]) -> str:
 
 def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
                   primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
-                  overwrite: bool) -> None:
+                  overwrite: bool, *, direct_dual: bool = False) -> None:
+    """Save the accepted rows; with ``direct_dual`` each kept dual prompt also gets a direct answer.
+
+    The direct row (same prompt, empty reasoning, the reference ``x_u``) teaches the form the
+    likelihood duality reward scores teacher-forced (:class:`cellduality.rewards.DualLikelihoodReward`),
+    so that reward reads the dual's belief about ``x_u`` without generating a reasoning first.
+    """
     from datasets import Dataset, DatasetDict, Features, Value
+
+    from cellduality.tasks.base import extract_answer, format_response
 
     features = Features({c: Value("string") for c in SFT_COLUMNS})
     data = {}
@@ -328,9 +337,14 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
         for direction in ("primal", "dual"):
             for row_id in order:
                 rec = progress.records.get(f"{split}/{direction}/{row_id}")
-                for completion in (rec or {}).get("completions") or []:
+                completions = (rec or {}).get("completions") or []
+                for completion in completions:
                     rows.append({"prompt": rec["prompt"], "completion": completion, "task": rec["task"],
                                  "direction": direction, "id": row_id})
+                if direction == "dual" and direct_dual and completions:
+                    rows.append({"prompt": rec["prompt"], "task": rec["task"], "direction": "dual_direct",
+                                 "completion": format_response("", extract_answer(completions[0]) or ""),
+                                 "id": row_id})
         if split == "train" and not rows:
             raise CellDualityError(f"The teacher produced no accepted training rows: {_why_nothing(report)}")
         data[split] = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(

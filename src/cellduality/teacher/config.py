@@ -22,6 +22,8 @@ class TeachConfig(StrictModel):
     dual_threshold: float = Field(0.9, ge=0, le=1, description="1 - distance a dual trace's answer needs")
     keep_per_prompt: int = Field(1, ge=1, description="accepted candidates kept per prompt (best first)")
     include_dual: bool = True
+    direct_dual: bool = Field(True, description="also train each dual prompt with a direct answer (empty "
+                              "reasoning): the form the likelihood duality reward scores")
     max_examples: int | None = Field(None, ge=1, description="primal prompts per task and split")
     max_test_examples: int | None = Field(None, ge=0, description="per task in the test split (default: max_examples)")
     seed: int = 0

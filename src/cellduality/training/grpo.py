@@ -34,7 +34,7 @@ from cellduality.training.grpo_metrics import (
     reward_history,
     timing_summary,
 )
-from cellduality.training.grpo_policy import policy_generate_fn
+from cellduality.training.grpo_policy import policy_generate_fn, policy_score_fn
 
 RewardMode = Literal["duality", "ground-truth"]
 GROUND_TRUTH_COLUMNS = ("target", "answer")
@@ -79,8 +79,12 @@ class GRPOSettings(StrictModel):
     task_weights: dict[str, float] = Field(default_factory=dict)
     train_split: str = "train"
     # the dual pass of the duality reward
-    dual_max_new_tokens: int = Field(256, ge=1)
-    dual_temperature: float = Field(0.0, ge=0, description="0 = greedy dual decoding")
+    dual_reward: Literal["likelihood", "paper"] = Field(
+        "likelihood", description="likelihood: the dual's teacher-forced probability of x_u against the "
+        "candidates (one forward pass); paper: a generated dual scored by RWJS / exact recovery (paper §3.4.1)")
+    likelihood_temperature: float = Field(1.0, gt=0, description="divides dual log-likelihoods before the softmax")
+    dual_max_new_tokens: int = Field(256, ge=1, description="paper reward: length of the generated dual")
+    dual_temperature: float = Field(0.0, ge=0, description="paper reward: 0 = greedy dual decoding")
     # a label-free second reward: the share of the reasoning's claims true of the prompt (issue #13)
     faithfulness_weight: float = Field(0.0, ge=0, description="weight of the faithfulness reward; 0 = off")
     # rollouts through vLLM (GPU only)
@@ -440,7 +444,7 @@ def run_grpo(
 
     from cellduality.models import format_prompt, load_model, save_cellduality_model
     from cellduality.outputs import record_fingerprint, run_fingerprint
-    from cellduality.rewards import DualityReward, GroundTruthReward
+    from cellduality.rewards import DualityReward, DualLikelihoodReward, GroundTruthReward
     from cellduality.training.common import (
         plot_loss_curve,
         prepare_output_dir,
@@ -468,7 +472,12 @@ def run_grpo(
     config = build_grpo_config(settings, checkpoints)
 
     clock = StepClock()
-    reward = DualityReward(tasks) if settings.reward == "duality" else GroundTruthReward(tasks)
+    if settings.reward == "ground-truth":
+        reward = GroundTruthReward(tasks)
+    elif settings.dual_reward == "likelihood":
+        reward = DualLikelihoodReward(tasks, temperature=settings.likelihood_temperature)
+    else:
+        reward = DualityReward(tasks)
     from cellduality.faithfulness import faithfulness_rewards
 
     extra_rewards = faithfulness_rewards(tasks, tasks_dir, settings.faithfulness_weight)  # [] when off
@@ -484,6 +493,8 @@ def run_grpo(
     trainer.clock = clock
     record_fingerprint(out, fingerprint, "grpo")
     use_rich_progress(trainer)
+    if isinstance(reward, DualLikelihoodReward):
+        reward.score = policy_score_fn(trainer, tokenizer)
     if isinstance(reward, DualityReward):
         # The live policy answers the dual task: attached now that the trainer (and its wrapped,
         # possibly vLLM-served, policy) exists.

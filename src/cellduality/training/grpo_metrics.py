@@ -68,7 +68,9 @@ class TimedReward:
         finally:
             self.clock.add("reward", time.perf_counter() - start)
             stats = getattr(self.reward, "last_stats", None) or {}
-            self.clock.add("dual_generation", float(stats.get("generate_seconds", 0.0)))
+            # the dual pass: generated duals (paper reward) or teacher-forced scoring (likelihood)
+            self.clock.add("dual_generation", float(stats.get("generate_seconds", 0.0))
+                           + float(stats.get("score_seconds", 0.0)))
 
 
 def make_step_callback(clock: StepClock, path: Path) -> Any:

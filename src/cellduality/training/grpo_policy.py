@@ -105,6 +105,30 @@ def transformers_generate_fn(
     return generate
 
 
+def policy_score_fn(trainer: Any, tokenizer: Any, *, max_tokens_per_batch: int = 16384) -> Callable[..., list]:
+    """Teacher-forced ``score(prompts, targets)`` on the trainer's current policy (likelihood rewards).
+
+    One forward pass over length-sorted, padded batches (:func:`cellduality.models.scoring.score_continuations`)
+    on the unwrapped policy -- also when rollouts come from vLLM, whose engine cannot score a given
+    text cheaply, while the training copy of the weights is current by definition. ZeRO-3
+    parameters are gathered by TRL's ``unwrap_model_for_generation``.
+    """
+
+    def score(prompts: Sequence[str], targets: Sequence[str]) -> list:
+        from trl.models import unwrap_model_for_generation
+
+        from cellduality.models.scoring import score_continuations
+
+        if not prompts:
+            return []
+        gather = getattr(trainer.args, "ds3_gather_for_generation", True)
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gather_deepspeed3_params=gather) as model:
+            return score_continuations(model, tokenizer, prompts, targets, max_tokens_per_batch=max_tokens_per_batch)
+
+    return score
+
+
 def vllm_colocate_generate_fn(
     llm: Any, tokenizer: Any, *, max_new_tokens: int, temperature: float, format_prompt: FormatFn
 ) -> GenerateFn:
