@@ -172,6 +172,7 @@ CASES = [
     ("empty-test-split-warned", "sentences {h5ad} {root}/new/notest --label-key cell_type --test-size 0", 0,
      "test split is empty"),
     ("evaluate-empty-test-split", "evaluate {model} {tasks_notest} {root}/e1", 2, "no test examples"),
+    ("teach-empty-test-split-works", "teach {tasks_notest} {root}/new/teach_notest --max-examples 4", 0, "SFT data in"),
     ("float16-matrix-works", "sentences {f16} {root}/new/f16 --label-key cell_type", 0, "Wrote 48 cell sentences"),
     # ---- numbers and options validated before any work
     ("sentences-test-size-too-big", "sentences {h5ad} {root}/o7 --test-size 1", 2, "--test-size"),

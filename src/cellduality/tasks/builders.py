@@ -274,13 +274,18 @@ def build_task_datasets(
                     split: Dataset.from_list([make_row(tasks[name], ex) for name, ex in rows]) if rows
                     else _empty(folder)
                     for split, rows in selected.items()
-                }).save_to_disk(str(tmp / folder))
+                }).save_to_disk(str(tmp / folder), num_shards=one_shard_if_empty(selected))
             _write_lineage(cells, sentences_dir, tmp)
             (tmp / "tasks.json").write_text(json.dumps(manifest, indent=1))
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
     return manifest
+
+
+def one_shard_if_empty(splits: Mapping[str, Any]) -> dict[str, int]:
+    """``num_shards`` for ``save_to_disk``: an empty split saved with 0 shards cannot be loaded back."""
+    return {name: 1 for name, rows in splits.items() if len(rows) == 0}
 
 
 def _empty(folder: str) -> Any:

@@ -354,10 +354,12 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
         shutil.rmtree(tmp)
     import datasets
 
+    from cellduality.tasks.builders import one_shard_if_empty
+
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one bar per shard is noise next to ours
     try:
-        DatasetDict(data).save_to_disk(str(tmp))
+        DatasetDict(data).save_to_disk(str(tmp), num_shards=one_shard_if_empty(data))
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
