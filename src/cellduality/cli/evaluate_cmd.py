@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         reward_validity: bool = typer.Option(True, "--reward-validity/--no-reward-validity",
                                              help="Measure how well the duality reward separates right from wrong."),
         overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality evaluate` output."),
+        split: str = typer.Option("test", help="Split to evaluate: test, or validation (to choose checkpoints)."),
     ) -> None:
         """Evaluate a model on the test split: paper metrics, baselines, Markdown report and plots."""
         from rich.console import Console
@@ -38,11 +39,12 @@ def register(app: typer.Typer) -> None:
         # every check before the model is loaded: OUT never replaces the model, the tasks or a user's files
         check_output_dir(out_dir, "evaluate", inputs=[model_dir, tasks_dir], overwrite=overwrite)
         read_model_info(model_dir)
-        require_test_rows(tasks_dir, task or None, "`cellduality evaluate`")
+        if split == "test":
+            require_test_rows(tasks_dir, task or None, "`cellduality evaluate`")
         results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
                                  tasks=task or None, baselines=baselines, reward_validity=reward_validity,
-                                 overwrite=True)
+                                 overwrite=True, split=split)
         console = Console()
         for name, metrics in results.items():
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)

@@ -121,6 +121,7 @@ def run_baselines(
     max_examples: int | None = None,
     embedding: Any = None,
     scorers: dict[str, GenerativeScorer] | None = None,
+    split: str = "test",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{task: {baseline: {metric: value}}}`` on the test split of ``tasks_dir``.
 
@@ -134,7 +135,7 @@ def run_baselines(
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in tasks or list(loaded):
         task = loaded[name]
-        test = load_rows(tasks_dir, name, "test", max_examples, seed)
+        test = load_rows(tasks_dir, name, split, max_examples, seed)
         if not len(test):
             continue
         if task.kind == "classification":

@@ -54,8 +54,13 @@ def evaluate_model(
     baselines: bool = True,
     reward_validity: bool = True,
     overwrite: bool = True,
+    split: str = "test",
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the model in ``model_dir`` on the ``test`` split of ``tasks_dir``; returns metrics.json."""
+    """Evaluate the model in ``model_dir`` on ``split`` (default ``test``) of ``tasks_dir``; returns metrics.json.
+
+    ``split="validation"`` (tasks built with ``--validation-fraction``) is where checkpoints and
+    hyperparameters are chosen, so the test split is read once, for the final figures.
+    """
     from cellduality.models import load_model, make_generate_fn, read_model_info
     from cellduality.tasks import load_tasks
     from cellduality.tasks.base import gene_vocabulary
@@ -67,8 +72,8 @@ def evaluate_model(
                                 genes=gene_vocabulary(load_tasks(tasks_dir)))
     return evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
                              embedding=embedding, baselines=baselines, reward_validity=reward_validity,
-                             batch_size=batch_size, overwrite=overwrite,
-                             run_info={"model_dir": str(model_dir), "do_sample": do_sample,
+                             batch_size=batch_size, overwrite=overwrite, split=split,
+                             run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
                                        "temperature": temperature, "max_new_tokens": max_new_tokens})
 
 
@@ -86,6 +91,7 @@ def evaluate_generate(
     batch_size: int = 16,
     overwrite: bool = True,
     run_info: dict[str, Any] | None = None,
+    split: str = "test",
 ) -> dict[str, dict[str, float]]:
     """The model-agnostic core of :func:`evaluate_model` (``generate`` answers the prompts)."""
     from cellduality.evaluation import plots
@@ -108,7 +114,7 @@ def evaluate_generate(
         scorers: dict[str, GenerativeScorer] = {}
         for name in names:
             task = loaded[name]
-            test = load_rows(tasks_dir, name, "test", max_examples, seed)
+            test = load_rows(tasks_dir, name, split, max_examples, seed)
             if not len(test):
                 continue
             outputs = _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
@@ -134,7 +140,7 @@ def evaluate_generate(
                 metrics.update(_reward_validity(task, test, outputs, parsed, generate, table, seed))
             results[name] = metrics
             _write_csv(table, tmp / f"predictions_{name}.csv")
-        base = run_baselines(tasks_dir, tasks=list(results), seed=seed, max_examples=max_examples,
+        base = run_baselines(tasks_dir, tasks=list(results), seed=seed, max_examples=max_examples, split=split,
                              embedding=embedding, scorers=scorers) if baselines else {}
         (tmp / "metrics.json").write_text(json.dumps(_jsonable(results), indent=1))
         (tmp / "baselines.json").write_text(json.dumps(_jsonable(base), indent=1))
