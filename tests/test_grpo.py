@@ -70,6 +70,58 @@ def test_settings_reject_typos_and_impossible_batches(tmp_path):
     assert GRPOSettings(report_to="wandb").report_to == ["wandb"]
 
 
+def test_any_trl_field_from_yaml_reaches_the_trainer_config(tmp_path):
+    """TRL fields CellDuality never mentions pass through to GRPOConfig, typed, from a config file."""
+    config = tmp_path / "grpo.yaml"
+    config.write_text("mask_truncated_completions: true\ntop_k: '20'\nrepetition_penalty: 1.1\n"
+                      "generation_kwargs: {min_p: 0.05}\nvllm_gpu_memory_utilization: 0.5\n")
+    settings = load_config(GRPOSettings, config)
+    assert settings.top_k == 20  # converted to TRL's annotated type
+    args = build_grpo_config(settings, tmp_path / "ck", target="cpu")
+    assert args.mask_truncated_completions is True and args.top_k == 20 and args.repetition_penalty == 1.1
+    assert args.generation_kwargs == {"min_p": 0.05} and args.vllm_gpu_memory_utilization == 0.5
+    default = build_grpo_config(GRPOSettings(), tmp_path / "ck2", target="cpu")
+    assert default.mask_truncated_completions is False and default.top_k == 0
+    # our defaults still win over TRL's (beta 0.0, loss_type dapo, seed 42 there)
+    assert (default.beta, default.loss_type, default.seed, default.data_seed) == (0.04, "grpo", 0, 0)
+
+
+def test_unknown_derived_and_mistyped_keys_are_one_line_errors(tmp_path):
+    cases = {"mask_truncated_completion: true": "unknown key 'mask_truncated_completion'. Did you mean "
+                                                "mask_truncated_completions",
+             "top_k: many": "invalid value for 'top_k'",
+             "gradient_accumulation_steps: 4": "'gradient_accumulation_steps' is set by CellDuality from prompts_per_step, num_generations",
+             "no_such_thing: 1": "unknown key 'no_such_thing'. Valid keys: the fields of GRPOSettings and of "
+                                 "trl.GRPOConfig"}
+    for text, expected in cases.items():
+        config = tmp_path / "bad.yaml"
+        config.write_text(text + "\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(GRPOSettings, config)
+        assert str(err.value).startswith(f"{config}: ") and expected in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="reward_weights has 2 value"):
+        build_grpo_config(GRPOSettings(reward_weights=[1.0, 0.5]), tmp_path / "ck", target="cpu")
+    args = build_grpo_config(GRPOSettings(faithfulness_weight=0.3, reward_weights=[2.0, 0.5]), tmp_path / "ck", target="cpu")
+    assert args.reward_weights == [2.0, 0.5]  # explicit weights win over [1, faithfulness_weight]
+
+
+def test_set_option_on_the_command_line(tasks_dir, sft_dir, tmp_path, capsys):
+    from cellduality.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["grpo", str(tasks_dir), str(tmp_path / "o"), "--sft-model", str(sft_dir), "--dry-run",
+              "--set", "mask_truncated_completions=true", "--set", "generation_kwargs={min_p: 0.05}"])
+    assert done.value.code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["settings"]["mask_truncated_completions"] is True
+    assert summary["settings"]["generation_kwargs"] == {"min_p": 0.05}
+    for bad, expected in [("top_k", "is not KEY=VALUE"), ("mask_truncated_completion=true", "Did you mean")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["grpo", str(tasks_dir), str(tmp_path / "o"), "--dry-run", "--set", bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and "Traceback" not in err
+
+
 def test_task_weight_typos_are_errors(tasks_dir, sft_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown tasks"):
         dry_run(tasks_dir, tmp_path / "o", sft_dir, GRPOSettings(task_weights={"anotation": 1}))
@@ -206,6 +258,22 @@ def test_a_few_grpo_steps_in_both_modes(mode, dual_reward, tasks_dir, sft_dir, t
             n_labels = len(load_tasks(tasks_dir)["annotation"].context.labels)
             scored = [e["duality/n_scored"] for e in saved["log_history"] if "duality/n_scored" in e]
             assert scored and all(n_labels <= n <= 2 * n_labels for n in scored), (scored, n_labels)
+
+
+def test_a_raising_distance_fails_the_run(tasks_dir, sft_dir, tmp_path, monkeypatch):
+    """A bug in a task's distance is not a reward of 0: the paper reward's run stops with it."""
+    from cellduality.tasks.annotation import AnnotationTask
+
+    _accept_any_primal(monkeypatch, tasks_dir)
+
+    def broken(self, unknown, guess):  # noqa: ANN001, ANN202
+        raise KeyError("bug in distance")
+
+    monkeypatch.setattr(AnnotationTask, "distance", broken)
+    settings = GRPOSettings(dual_reward="paper", max_steps=1, task_weights={"annotation": 1, "generation": 0}, **FAST)
+    with pytest.raises(KeyError, match="bug in distance"):
+        run_grpo(tasks_dir, tmp_path / "grpo", sft_dir, settings)
+    assert not (tmp_path / "grpo" / "metrics.json").exists()
 
 
 def test_all_malformed_step_gives_zero_advantage(tasks_dir, sft_dir, tmp_path):

@@ -118,6 +118,26 @@ def test_bad_inputs_are_one_line_errors(sft_dir, tmp_path):
         validate_config(SFTSettings, {"learning_rat": 1e-3})
 
 
+def test_trl_fields_from_yaml_reach_the_trainer(sft_dir, tmp_path):
+    """Any trl.SFTConfig field passes through; fields we set from our own names say which to use."""
+    from cellduality.config import load_config
+
+    config = tmp_path / "sft.yaml"
+    config.write_text("model: tiny\nmax_steps: 1\nneftune_noise_alpha: 5\noptim: adamw_torch\n"
+                      "lr_scheduler_kwargs: {min_lr: 1.0e-6}\n")
+    trainer = build_sft_trainer(sft_dir, tmp_path / "out", load_config(SFTSettings, config))
+    args = trainer.args
+    assert args.neftune_noise_alpha == 5.0 and args.optim == "adamw_torch"
+    assert args.lr_scheduler_kwargs == {"min_lr": 1.0e-6}
+    assert (args.learning_rate, args.lr_scheduler_type, args.seed) == (5e-4, "cosine", 0)  # our defaults
+    config.write_text("num_train_epochs: 2\n")
+    with pytest.raises(ConfigError, match="'num_train_epochs' is set by CellDuality from epochs"):
+        load_config(SFTSettings, config)
+    config.write_text("neftune_noise_alfa: 5\n")
+    with pytest.raises(ConfigError, match="unknown key 'neftune_noise_alfa'. Did you mean neftune_noise_alpha"):
+        load_config(SFTSettings, config)
+
+
 def test_cli_reports_config_typos_and_bad_folders_in_one_line(sft_dir, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: tiny\nlearning_rat: 0.1\n")

@@ -27,10 +27,16 @@ class StrictModel(BaseModel):
 
 def _describe(err: ValidationError, model: type[BaseModel], source: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    ctx = first.get("ctx") or {}
+    # errors raised by a model validator carry the key in ctx (their loc is empty)
+    loc = str(ctx.get("key") or ".".join(str(p) for p in first["loc"]))
+    if "message" in ctx:
+        return f"{source}: {ctx['message']}"
     if first["type"] == "extra_forbidden":
+        if "hint" in ctx:
+            return f"{source}: unknown key '{loc}'.{ctx['hint']}"
         valid = list(model.model_fields)
-        close = difflib.get_close_matches(str(first["loc"][-1]), valid, n=3)
+        close = difflib.get_close_matches(loc.rsplit(".", 1)[-1], valid, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(valid)}."
         return f"{source}: unknown key '{loc}'.{hint}"
     return f"{source}: invalid value for '{loc}': {first['msg']}."
@@ -44,8 +50,11 @@ def validate_config(model: type[M], data: dict[str, Any], source: str = "config"
         raise ConfigError(_describe(err, model, source)) from None
 
 
-def load_config(model: type[M], path: str | Path | None = None, **overrides: Any) -> M:
-    """Load a YAML config into ``model``; keyword ``overrides`` that are not ``None`` win."""
+def load_config(model: type[M], path: str | Path | None = None, /, **overrides: Any) -> M:
+    """Load a YAML config into ``model``; keyword ``overrides`` that are not ``None`` win.
+
+    ``model`` and ``path`` are positional-only, so a setting may itself be called ``model``.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -62,3 +71,21 @@ def load_config(model: type[M], path: str | Path | None = None, **overrides: Any
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(model, data, source=str(path) if path else "options")
+
+
+def parse_assignments(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``["top_k=50", "generation_kwargs={min_p: 0.05}"]`` -> ``{"top_k": 50, ...}``.
+
+    Values are read as YAML (as in a config file), so ``true``, ``1e-6``, ``[1, 0.5]`` and
+    ``{k: v}`` arrive typed; the settings model then validates them like file values.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} {item!r} is not KEY=VALUE; e.g. {option} mask_truncated_completions=true.")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{option} {item!r}: the value is not valid YAML; quote or fix it.") from None
+    return out

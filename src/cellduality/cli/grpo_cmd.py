@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         reward: str | None = typer.Option(None, help="duality (self-supervised, default) or ground-truth (oracle)."),
         max_steps: int | None = typer.Option(None, min=1, help="Optimiser steps (overrides the config)."),
         config: Path | None = typer.Option(None, help="YAML of GRPO settings, e.g. configs/grpo.yaml."),
+        set_: list[str] | None = typer.Option(None, "--set", help="KEY=VALUE (YAML value), repeatable: any GRPO "
+                                              "setting or trl.GRPOConfig field, e.g. --set top_k=50; wins over --config."),
         resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
         dry_run: bool = typer.Option(False, help="Resolve config, data and model folder, then stop (no training)."),
         num_processes: int | None = typer.Option(None, min=1, help="--dry-run only: resolve for this many processes "
@@ -28,13 +30,14 @@ def register(app: typer.Typer) -> None:
         """Train the SFT model with GRPO on unlabeled prompts, rewarded by task duality (paper §3.4)."""
         from rich.console import Console
 
-        from cellduality.config import load_config
+        from cellduality.config import load_config, parse_assignments
         from cellduality.errors import ConfigError
         from cellduality.training.grpo import GRPOSettings, run_grpo
         from cellduality.training.grpo import dry_run as do_dry_run
 
         console = Console()
-        settings = load_config(GRPOSettings, config, reward=reward, max_steps=max_steps)
+        settings = load_config(GRPOSettings, config, **{**parse_assignments(set_), "reward": reward,
+                                                        "max_steps": max_steps})
         if dry_run:
             summary = do_dry_run(rl_dir, out_dir, sft_model, settings, n_processes=num_processes)
             console.print_json(json.dumps(summary, default=str))

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps (overrides --epochs)."),
         epochs: float = typer.Option(None, "--epochs", min=0.001, help="Passes over the training rows."),
         config: Path = typer.Option(None, "--config", help="YAML file with SFT settings (see configs/sft.yaml)."),
+        set_: list[str] = typer.Option(None, "--set", help="KEY=VALUE (YAML value), repeatable: any SFT setting "
+                                       "or trl.SFTConfig field, e.g. --set optim=adamw_torch_fused; wins over --config."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in OUT_DIR."),
     ) -> None:
         """Fine-tune a model on chain-of-thought SFT data (loss on completions only)."""
@@ -29,15 +31,11 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from rich.console import Console
 
-        from cellduality.config import load_config, validate_config
+        from cellduality.config import load_config, parse_assignments
         from cellduality.training.sft import SFTSettings, run_sft
 
-        # load_config's own first parameter is called `model`, so command-line overrides are merged here.
-        from_file = load_config(SFTSettings, config).model_dump(exclude_unset=True)
         flags = {"model": model, "lora": lora, "max_steps": max_steps, "epochs": epochs}
-        settings = validate_config(
-            SFTSettings, {**from_file, **{k: v for k, v in flags.items() if v is not None}}, source="options"
-        )
+        settings = load_config(SFTSettings, config, **{**parse_assignments(set_), **flags})
         summary = run_sft(sft_dir, out_dir, settings, resume=resume)
         console = Console()
         if summary.get("rows_over_max_length"):

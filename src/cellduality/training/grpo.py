@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cellduality.config import StrictModel
 from cellduality.errors import CellDualityError, ConfigError
 from cellduality.tasks.base import gene_vocabulary
 from cellduality.training.common import CHECKPOINTS
@@ -35,6 +34,7 @@ from cellduality.training.grpo_metrics import (
     timing_summary,
 )
 from cellduality.training.grpo_policy import policy_generate_fn, policy_score_fn
+from cellduality.training.trl_settings import TRLSettings
 
 RewardMode = Literal["duality", "ground-truth"]
 GROUND_TRUTH_COLUMNS = ("target", "answer")
@@ -45,8 +45,14 @@ CURVES_FILE = "reward_curves.png"
 REPORT_BACKENDS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 
 
-class GRPOSettings(StrictModel):
-    """Everything that defines a GRPO run (YAML via ``--config``; CLI flags override).
+class GRPOSettings(TRLSettings):
+    """Everything that defines a GRPO run (YAML via ``--config``; ``--set KEY=VALUE`` and flags override).
+
+    Any field of ``trl.GRPOConfig`` may be set too (``mask_truncated_completions: true``, ``top_k``,
+    ``repetition_penalty``, ``generation_kwargs``, ``reward_weights``, ...) and reaches the trainer
+    unchanged (:class:`~cellduality.training.trl_settings.TRLSettings`). The fields declared here
+    are CellDuality's own settings and the TRL fields whose default CellDuality chooses (or
+    resolves): this class body is the one place where the project's defaults live.
 
     Batch geometry: one optimiser step consumes ``prompts_per_step`` prompts x ``num_generations``
     completions, split over processes and micro-batches of ``per_device_train_batch_size``
@@ -54,7 +60,13 @@ class GRPOSettings(StrictModel):
     derived, so the same file runs on 1 CPU or 8 GPUs.
     """
 
-    reward: RewardMode = "duality"
+    trl_config: ClassVar[str] = "GRPOConfig"
+    derived: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("gradient_accumulation_steps", "steps_per_generation", "generation_batch_size"),
+        "prompts_per_step, num_generations and per_device_train_batch_size",
+    ) | {"remove_unused_columns": "the reward's need for the task columns (always false)"}
+
+    reward: RewardMode = Field("duality", description="duality (self-supervised) or ground-truth (the oracle)")
     # GRPO (paper eq. 3-4)
     num_generations: int = Field(8, ge=2, description="G, completions per prompt")
     prompts_per_step: int = Field(2, ge=1, description="distinct prompts per optimiser step")
@@ -62,22 +74,17 @@ class GRPOSettings(StrictModel):
     num_iterations: int = Field(1, ge=1, description="policy updates per generation batch (mu)")
     learning_rate: float = Field(1e-6, gt=0)
     lr_scheduler_type: str = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
     epsilon: float = Field(0.2, gt=0, description="clip range epsilon_c of the surrogate")
-    epsilon_high: float | None = Field(None, gt=0)
     beta: float = Field(0.04, ge=0, description="KL coefficient to the SFT reference")
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     max_completion_length: int = Field(256, ge=1)
     temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
     max_steps: int = Field(200, ge=1)
     seed: int = 0
     # data
-    task_weights: dict[str, float] = Field(default_factory=dict)
-    train_split: str = "train"
+    task_weights: dict[str, float] = Field(default_factory=dict, description="task -> sampling weight (1 if absent)")
+    train_split: str = Field("train", description="split of the rl / rl_oracle set to train on")
     # the dual pass of the duality reward
     dual_reward: Literal["likelihood", "paper"] = Field(
         "likelihood", description="likelihood: the dual's teacher-forced probability of x_u against the "
@@ -90,10 +97,6 @@ class GRPOSettings(StrictModel):
     # rollouts through vLLM (GPU only)
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_server_host: str = "0.0.0.0"
-    vllm_server_port: int = Field(8000, ge=1, le=65535)
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    vllm_tensor_parallel_size: int = Field(1, ge=1)
     # precision / memory
     bf16: bool | None = Field(None, description="None: bf16 when a GPU supports it")
     gradient_checkpointing: bool = False
@@ -102,8 +105,7 @@ class GRPOSettings(StrictModel):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     report_to: list[str] = Field(default_factory=lambda: ["none"])
-    log_completions: bool = False
-    moving_average_window: int = Field(10, ge=1)
+    moving_average_window: int = Field(10, ge=1, description="window of the reward curves (reward_curves.png)")
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -257,47 +259,26 @@ def build_grpo_config(settings: GRPOSettings, output_dir: str | Path, *, n_proce
         hardware = device_args(use_cpu=True, bf16=True, fp16=False, dataloader_pin_memory=True)
     else:
         hardware = device_args()
-    hardware["report_to"] = settings.report_to
     if target == "gpu":
         hardware["gradient_checkpointing"] = settings.gradient_checkpointing
         if settings.bf16 is not None:
             hardware.update(bf16=settings.bf16, fp16=cuda and not settings.bf16 and hardware["fp16"])
+    # every TRL field of the settings, except those resolved above or derived here
+    trl_values = {k: v for k, v in settings.trl_kwargs().items()
+                  if k not in ("per_device_train_batch_size", "bf16", "gradient_checkpointing")}
+    n_rewards = 1 + (settings.faithfulness_weight > 0)
+    weights = trl_values.get("reward_weights")
+    if weights is not None and len(weights) != n_rewards:
+        raise ConfigError(f"reward_weights has {len(weights)} value(s) but the run has {n_rewards} reward(s) "
+                          "(duality or ground-truth, then faithfulness when faithfulness_weight > 0).")
+    if weights is None and n_rewards == 2:
+        trl_values["reward_weights"] = [1.0, settings.faithfulness_weight]
     return GRPOConfig(
         output_dir=str(output_dir),
-        **hardware,
-        num_generations=settings.num_generations,
+        **{**hardware, "data_seed": settings.seed, **trl_values},
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=per_step // (per_device * n),
-        num_iterations=settings.num_iterations,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler_type,
-        warmup_steps=settings.warmup_steps,
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        epsilon=settings.epsilon,
-        epsilon_high=settings.epsilon_high,
-        beta=settings.beta,
-        loss_type=settings.loss_type,
-        scale_rewards=settings.scale_rewards,
-        max_completion_length=settings.max_completion_length,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        max_steps=settings.max_steps,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        **({"reward_weights": [1.0, settings.faithfulness_weight]} if settings.faithfulness_weight > 0 else {}),
-        use_vllm=settings.use_vllm,
-        vllm_mode=settings.vllm_mode,
-        vllm_server_host=settings.vllm_server_host,
-        vllm_server_port=settings.vllm_server_port,
-        vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-        vllm_tensor_parallel_size=settings.vllm_tensor_parallel_size,
-        logging_steps=settings.logging_steps,
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
-        log_completions=settings.log_completions,
         remove_unused_columns=False,  # the reward needs task/known/unknown/seed (and target)
-        shuffle_dataset=True,
     )
 
 
@@ -387,15 +368,25 @@ def dry_run(rl_dir: str | Path, out_dir: str | Path, sft_model: str | Path | Non
 
 
 def _trainer_class() -> type:
-    """TRL's ``GRPOTrainer`` with timing around rollout generation, input preparation and the
-    micro-step (behaviour unchanged: every override only measures and calls ``super()``)."""
+    """TRL's ``GRPOTrainer`` with timing hooks; behaviour unchanged (each override measures and calls ``super()``).
+
+    The step breakdown comes from public mechanisms where TRL has one: step wall time and the
+    optimiser from callbacks, reward and dual pass from our own reward callable, and the split of
+    a micro-step into input preparation and forward/backward from ``training_step`` and
+    ``compute_loss`` (Trainer's documented extension points): preparation ends where
+    ``compute_loss`` begins. Rollout generation has no public hook in TRL 1.16 (its
+    ``profiling_context`` only reports to wandb/mlflow/trackio, and ``rollout_func`` replaces
+    generation instead of observing it), so the one private override left is ``_generate``; if a
+    TRL upgrade renames it, ``rollout_generation`` reads 0 and the time shows under
+    ``scoring_other`` (``tests/test_grpo.py`` asserts it is > 0 for the pinned version).
+    """
     import time
 
     from trl import GRPOTrainer
 
     class CellDualityGRPOTrainer(GRPOTrainer):
         clock: StepClock
-        _prepare_seconds = 0.0
+        _loss_started: float | None = None
 
         def _generate(self, prompts):  # noqa: ANN001, ANN202
             start = time.perf_counter()
@@ -404,21 +395,20 @@ def _trainer_class() -> type:
             finally:
                 self.clock.add("rollout_generation", time.perf_counter() - start)
 
-        def _prepare_inputs(self, generation_batch):  # noqa: ANN001, ANN202
-            before = self.clock.current["rollout_generation"] + self.clock.current["reward"]
-            start = time.perf_counter()
-            out = super()._prepare_inputs(generation_batch)
-            seconds = time.perf_counter() - start
-            inner = self.clock.current["rollout_generation"] + self.clock.current["reward"] - before
-            self.clock.add("scoring_other", max(0.0, seconds - inner))
-            self._prepare_seconds += seconds
-            return out
+        def compute_loss(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if self._loss_started is None:
+                self._loss_started = time.perf_counter()
+            return super().compute_loss(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch):  # noqa: ANN001, ANN202
-            mark, start = self._prepare_seconds, time.perf_counter()
+            before = self.clock.current["rollout_generation"] + self.clock.current["reward"]
+            self._loss_started, start = None, time.perf_counter()
             out = super().training_step(model, inputs, num_items_in_batch)
-            prepare = self._prepare_seconds - mark
-            self.clock.add("forward_backward", max(0.0, time.perf_counter() - start - prepare))
+            end = time.perf_counter()
+            prepared = (self._loss_started or end) - start
+            inner = self.clock.current["rollout_generation"] + self.clock.current["reward"] - before
+            self.clock.add("scoring_other", max(0.0, prepared - inner))
+            self.clock.add("forward_backward", end - start - prepared)
             return out
 
     return CellDualityGRPOTrainer

@@ -119,8 +119,9 @@ def make_step_callback(clock: StepClock, path: Path) -> Any:
 def timing_summary(records: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     """Totals, per-step means and shares of wall time; ``reward_time_fraction`` among them.
 
-    ``forward_backward`` in the records is the whole micro-step time minus input preparation;
-    ``scoring_other`` is input preparation minus rollout generation and reward.
+    ``forward_backward`` in the records is the whole micro-step time minus input preparation
+    (which ends where ``compute_loss`` starts); ``scoring_other`` is input preparation minus
+    rollout generation and reward.
     """
     wall = sum(r["wall"] for r in records)
     totals = {phase: sum(r.get(phase, 0.0) for r in records) for phase in PHASES}

@@ -18,11 +18,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from cellduality.config import StrictModel
 from cellduality.errors import CellDualityError
 from cellduality.models.loading import PROMPT_SEPARATOR, format_prompt, load_model, lora_config
 from cellduality.models.presets import PRESETS, build_model, count_parameters
@@ -37,6 +36,7 @@ from cellduality.training.common import (
     save_log_history,
     use_rich_progress,
 )
+from cellduality.training.trl_settings import TRLSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, DatasetDict
@@ -45,8 +45,25 @@ SFT_COLUMNS = ("prompt", "completion")
 SUMMARY_FILE = "sft_summary.json"
 
 
-class SFTSettings(StrictModel):
-    """Everything ``cellduality sft`` can be told (YAML config keys = these field names)."""
+class SFTSettings(TRLSettings):
+    """Everything ``cellduality sft`` can be told (YAML config keys; ``--set KEY=VALUE`` and flags override).
+
+    Any field of ``trl.SFTConfig`` may be set too (e.g. ``neftune_noise_alpha``, ``optim``,
+    ``lr_scheduler_kwargs``) and reaches the trainer unchanged
+    (:class:`~cellduality.training.trl_settings.TRLSettings`). The fields declared here are
+    CellDuality's own settings and the TRL fields whose default CellDuality chooses: this class
+    body is the one place where the project's SFT defaults live.
+    """
+
+    trl_config: ClassVar[str] = "SFTConfig"
+    derived: ClassVar[dict[str, str]] = {
+        "num_train_epochs": "epochs",
+        "per_device_train_batch_size": "batch_size",
+        "per_device_eval_batch_size": "batch_size",
+        "train_sampling_strategy": "group_by_length",
+        "completion_only_loss": "the design (the loss is on completion tokens only)",
+        "eval_strategy": "eval_steps",
+    }
 
     model: str = Field("small", description="preset name or local Hugging Face model folder")
     lora: bool = False
@@ -200,31 +217,21 @@ def _model_and_tokenizer(settings: SFTSettings, sft_dir: Path, data: DatasetDict
 def _sft_config(settings: SFTSettings, out_dir: Path, has_eval: bool):
     from trl import SFTConfig
 
-    extra: dict[str, Any] = {}
+    # every TRL field of the settings (ours that share a TRL name + pass-through keys), then the
+    # values resolved here
+    trl_values = {k: v for k, v in settings.trl_kwargs().items() if k not in ("eval_steps", "trust_remote_code", "max_length")}
     if has_eval and settings.eval_steps:
-        extra.update(eval_strategy="steps", eval_steps=settings.eval_steps, per_device_eval_batch_size=settings.batch_size)
+        trl_values.update(eval_strategy="steps", eval_steps=settings.eval_steps, per_device_eval_batch_size=settings.batch_size)
     return SFTConfig(
         **device_args(
             output_dir=str(checkpoint_dir(out_dir)),
             completion_only_loss=True,
-            # Padding-free batches are not truncated by TRL (rows over max_length were dropped above).
-            max_length=None if settings.padding_free else settings.max_length,
-            padding_free=settings.padding_free,
             train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
             per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type=settings.lr_scheduler_type,
-            warmup_steps=settings.warmup_steps,
-            weight_decay=settings.weight_decay,
             num_train_epochs=settings.epochs,
-            max_steps=settings.max_steps,
-            save_steps=settings.save_steps,
-            save_total_limit=settings.save_total_limit,
-            logging_steps=settings.logging_steps,
-            seed=settings.seed,
-            report_to=settings.report_to,
-            **extra,
+            **trl_values,
+            # Padding-free batches are not truncated by TRL (rows over max_length were dropped above).
+            max_length=None if settings.padding_free else settings.max_length,
         )
     )
 
