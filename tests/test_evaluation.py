@@ -88,6 +88,21 @@ def test_evaluate_is_deterministic_and_handles_all_malformed(tasks_dir, tmp_path
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["generation"]["gw"] is None
 
 
+def test_a_raising_parser_is_a_bug_not_a_malformed_answer(tasks_dir, tmp_path, monkeypatch):
+    """Parsers of model output return None for any malformed text; one that raises stops the run."""
+    from cellduality.evaluation.evaluate import evaluate_generate
+    from cellduality.tasks.annotation import AnnotationTask
+
+    def broken(self, text):  # noqa: ANN001, ANN202
+        raise KeyError("bug in parse_primal")
+
+    monkeypatch.setattr(AnnotationTask, "parse_primal", broken)
+    with pytest.raises(KeyError, match="bug in parse_primal"):
+        evaluate_generate(_scripted(tasks_dir), tasks_dir, tmp_path / "x", max_examples=5, baselines=False,
+                          tasks=["annotation"])
+    assert not (tmp_path / "x").exists()
+
+
 def test_evaluate_rejects_unknown_task(tasks_dir, tmp_path):
     from cellduality.evaluation.evaluate import evaluate_generate
 

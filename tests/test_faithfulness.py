@@ -149,6 +149,30 @@ def test_reward_is_label_free_and_reads_chat_prompts(pbmc, case):
     assert not math.isnan(sum(scores))
 
 
+def test_reward_scores_any_text_and_lets_bugs_through(pbmc, case, monkeypatch):
+    """Model text is never an error (the claim parser is forgiving); a bug in the checker is not a 0."""
+    import random
+
+    import cellduality.faithfulness as faithfulness
+
+    reward = FaithfulnessReward(pbmc["tasks"], pbmc["knowledge"])
+    words = ["<think>", "</think>", "<answer>", "</answer>", "rank", "at", "is", "in", "%", "of", "cells", ".", ",",
+             "-1", "0", "99999999999999999999", "1e309", "nan", *case["cell"][:4], case["absent"], case["label"], "ZZZ9"]
+    rng = random.Random(0)
+    texts = ["", "<think>", "</answer>", *(" ".join(rng.choices(words, k=rng.randint(1, 40))) for _ in range(200)),
+             *(format_response(" ".join(rng.choices(words, k=rng.randint(1, 40))), case["label"]) for _ in range(200)),
+             format_response(f"{case['cell'][0]} at rank 1.", case["label"])]
+    scores = reward([case["prompt"]] * len(texts), texts, task=["annotation"] * len(texts))
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores[-1] == 1.0
+
+    def broken(reasoning, ctx):  # noqa: ANN001, ANN202
+        raise KeyError("bug in the checker")
+
+    monkeypatch.setattr(faithfulness, "check_text", broken)
+    with pytest.raises(KeyError, match="bug in the checker"):
+        reward([case["prompt"]], [texts[5]], task=["annotation"])
+
+
 def test_evaluation_reports_faithfulness_beside_accuracy(pbmc, tmp_path):
     import pandas as pd
 

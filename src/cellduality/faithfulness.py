@@ -515,10 +515,8 @@ class FaithfulnessReward:
             if task is None:
                 out.append(0.0)
                 continue
-            try:
-                score = task.check_reasoning(prompt, completion_text(completion), self.knowledge.get(task.name)).score
-            except Exception:  # rewards never raise on model output
-                score = 0.0
+            # the claim parser is forgiving (any text -> claims, maybe none); an exception is a bug
+            score = task.check_reasoning(prompt, completion_text(completion), self.knowledge.get(task.name)).score
             out.append(0.0 if score != score else float(score))
         return out
 
