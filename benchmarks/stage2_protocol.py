@@ -56,19 +56,19 @@ def cli(*args: str | Path) -> list[str]:
 
 def plan(args: argparse.Namespace) -> list[Job]:
     out: Path = args.out
+    results: Path = args.results
     jobs: list[Job] = []
     for name in args.dataset:
         spec = DATASETS[name]
         base = out / name
         source = spec.get("source", [name])[0]
         prep = f"{name}/prep"
+        inpainting = [t for t in ("annotation", "sensitivity") if t in spec["tasks"]]
+        hidden = [x for t in inpainting for x in ("--option", f"{t}.n_hidden={args.n_hidden}")]
         jobs.append(Job(prep, ["bash", "-c", " && ".join([
             " ".join(cli("sentences", source, base / "sentences", "--top-k", 100, *spec["sentences"])),
             " ".join(cli("tasks", "build", base / "sentences", base / "tasks", *spec["tasks"], "--max-genes",
-                         args.max_genes, "--option", f"annotation.n_hidden={args.n_hidden}" if "annotation" in
-                         spec["tasks"] else f"sensitivity.n_hidden={args.n_hidden}" if "sensitivity" in spec["tasks"]
-                         else "perturbation.max_genes=" + str(args.max_genes),
-                         "--validation-fraction", args.validation_fraction, "--seed", 0)),
+                         args.max_genes, *hidden, "--validation-fraction", args.validation_fraction, "--seed", 0)),
             " ".join(cli("teach", base / "tasks", base / "sft_data", "--n", 4)),
         ])]))
         for seed in args.seeds:
@@ -109,15 +109,15 @@ def plan(args: argparse.Namespace) -> list[Job]:
                                         "--no-baselines", "--no-reward-validity", "--batch-size", args.eval_batch,
                                         "--max-new-tokens", args.max_new_tokens),
                                     [job_name], (folder / "metrics.json",
-                                                 out / "results" / name / f"seed{seed}" / f"{method}_{split}.json")))
+                                                 results / name / f"seed{seed}" / f"{method}_{split}.json")))
             for method in ("duality", "oracle"):
                 metrics = models / method / "metrics.json"
                 jobs.append(Job(f"{name}/{seed}/{method}/train_metrics", ["true"], [f"{name}/{seed}/{method}"],
-                                (metrics, out / "results" / name / f"seed{seed}" / f"{method}_train.json")))
+                                (metrics, results / name / f"seed{seed}" / f"{method}_train.json")))
             jobs.append(Job(f"{name}/{seed}/diagnose", cli(
                 "diagnose", models / "sft", base / "tasks", "--split", "validation", "--max-examples",
                 args.diagnose_examples, "--out", run / "diagnose.json"), [sft],
-                (run / "diagnose.json", out / "results" / name / f"seed{seed}" / "diagnose.json")))
+                (run / "diagnose.json", results / name / f"seed{seed}" / "diagnose.json")))
     return jobs
 
 
@@ -174,6 +174,7 @@ def run(jobs: list[Job], n_jobs: int, logs: Path, deadline: float) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--results", type=Path, help="where results and logs are copied (default OUT/results)")
     parser.add_argument("--dataset", action="append", choices=sorted(DATASETS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--grpo-config", type=Path, required=True)
@@ -193,13 +194,14 @@ def main() -> None:
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"{args.out} is not empty; choose a new folder.")
     args.out.mkdir(parents=True, exist_ok=True)
+    args.results = args.results or args.out / "results"
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     jobs = plan(args)
     start = time.time()
-    status = run(jobs, args.jobs, args.out / "logs", start + args.time_limit)
+    status = run(jobs, args.jobs, args.results / "logs", start + args.time_limit)
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": time.time() - start, "status": status}
-    (args.out / "results").mkdir(exist_ok=True)
-    (args.out / "results" / "protocol.json").write_text(json.dumps(summary, indent=1))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "protocol.json").write_text(json.dumps(summary, indent=1))
     failed = {k: v for k, v in status.items() if v != "ok"}
     print(f"done in {summary['seconds']:.0f} s; {len(status) - len(failed)} ok, {len(failed)} not: {failed}")
 

@@ -38,7 +38,8 @@ def _mean_std(values: list[float]) -> tuple[float, float] | None:
 def collect(root: Path) -> dict[str, Any]:
     """``{dataset: {task: {split: {method: {metric: [per-seed values]}}, "kind": ...}}}`` plus diagnostics."""
     out: dict[str, Any] = {}
-    for dataset_dir in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+    base = root / "results" if (root / "results").is_dir() else root
+    for dataset_dir in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "logs"):
         tasks: dict[str, Any] = {}
         seeds = sorted(p for p in dataset_dir.iterdir() if p.is_dir())
         for seed_dir in seeds:
@@ -66,7 +67,7 @@ def collect(root: Path) -> dict[str, Any]:
                     for task in tasks:
                         tasks[task].setdefault("grpo", {}).setdefault(f"{method}_zero_spread", []).append(
                             statistics.fmean(zero) if zero else None)
-                        tasks[task]["grpo"].setdefault(f"{method}_seconds", []).append(train["timing"].get("seconds_total"))
+                        tasks[task]["grpo"].setdefault(f"{method}_wall_seconds", []).append(train["timing"].get("wall_seconds"))
         _best_sft(tasks)
         out[dataset_dir.name] = tasks
     return out

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The Stage-2 protocol (benchmarks/stage2_protocol.py) on an offline one-GPU machine.
+#
+# Follows ../shared/GPU.md: wheels the machine lacks in .whl/ (trl, datasets, anndata, scanpy,
+# pydantic, POT, ...) and the data in .gpudata/ (same layout as ../shared/data), both carried with
+# the checkout. Many small models share the GPU as parallel processes (JOBS). Results and logs go
+# to $OUT as each evaluation finishes, so a run cut off at its limit still returns what it finished.
+#
+#   GRPO_CONFIG=configs/grpo.yaml SEEDS="0 1 2" JOBS=14 LIMIT=420 bash benchmarks/gpu_stage2.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu_stage2_out}"
+WORK="${WORK:-${TMPDIR:-/tmp}/cellduality_stage2}"
+SEEDS="${SEEDS:-0 1 2}"
+JOBS="${JOBS:-14}"
+LIMIT="${LIMIT:-420}"
+GRPO_CONFIG="${GRPO_CONFIG:-configs/grpo.yaml}"
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "${TMPDIR:-/tmp}/site" .whl/*.whl
+  export PYTHONPATH="${TMPDIR:-/tmp}/site:$PWD/src"
+fi
+export CELLDUALITY_DATA_DIR="${CELLDUALITY_DATA_DIR:-$PWD/.gpudata}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc; date; } > "$OUT/machine.txt"
+python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$OUT/machine.txt" 2>&1
+# shellcheck disable=SC2086
+python3 benchmarks/stage2_protocol.py --out "$WORK/identity" --results "$OUT/identity" \
+  --dataset pbmc68k_reduced --dataset kang2018 --seeds $SEEDS --grpo-config "$GRPO_CONFIG" \
+  --jobs "$JOBS" --time-limit "$LIMIT" > "$OUT/identity.log" 2>&1 &
+if [ -n "${DYNAMICS:-1}" ] && [ "${DYNAMICS:-1}" != 0 ]; then
+  python3 benchmarks/stage2_protocol.py --out "$WORK/dynamics" --results "$OUT/dynamics" \
+    --dataset a375_plx4720 --dataset kang2018_perturbation --seeds 0 --grpo-config "$GRPO_CONFIG" \
+    --jobs 3 --time-limit "$LIMIT" > "$OUT/dynamics.log" 2>&1 &
+fi
+wait
+date >> "$OUT/machine.txt"
