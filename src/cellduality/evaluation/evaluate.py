@@ -58,23 +58,31 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Evaluate the model in ``model_dir`` on ``split`` (default ``test``) of ``tasks_dir``; returns metrics.json.
 
+    The figures also go into the evaluation section of the model's card (``README.md``).
+
     ``split="validation"`` (tasks built with ``--validation-fraction``) is where checkpoints and
     hyperparameters are chosen, so the test split is read once, for the final figures.
     """
     from cellduality.models import load_model, make_generate_fn, read_model_info
+    from cellduality.models.loading import inference_device
     from cellduality.tasks import load_tasks
     from cellduality.tasks.base import gene_vocabulary
 
     read_model_info(model_dir)  # one-line error when it is not a CellDuality model
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, device=inference_device())
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, batch_size=batch_size, seed=seed,
                                 genes=gene_vocabulary(load_tasks(tasks_dir)))
-    return evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
-                             embedding=embedding, baselines=baselines, reward_validity=reward_validity,
-                             batch_size=batch_size, overwrite=overwrite, split=split,
-                             run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
-                                       "temperature": temperature, "max_new_tokens": max_new_tokens})
+    results = evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
+                                embedding=embedding, baselines=baselines, reward_validity=reward_validity,
+                                batch_size=batch_size, overwrite=overwrite, split=split,
+                                run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
+                                          "temperature": temperature, "max_new_tokens": max_new_tokens})
+    from cellduality.models.card import evaluation_section, update_model_card
+
+    # the model card's figures (only its evaluation section; the model's files are not touched)
+    update_model_card(model_dir, evaluation_section(results, tasks_dir=tasks_dir, split=split, out_dir=out_dir))
+    return results
 
 
 def evaluate_generate(

@@ -137,6 +137,7 @@ def diagnose_rewards(model_dir: str | Path, tasks_dir: str | Path, *, mode: Dual
     GRPO settings whose groups you want to predict.
     """
     from cellduality.models import load_model, make_generate_fn
+    from cellduality.models.loading import inference_device
     from cellduality.tasks.builders import load_task_datasets, load_tasks
 
     if max_examples < 1 or num_generations < 2 or temperature <= 0:
@@ -145,7 +146,7 @@ def diagnose_rewards(model_dir: str | Path, tasks_dir: str | Path, *, mode: Dual
     data = load_task_datasets(tasks_dir, "primal")
     if split not in data:
         raise CellDualityError(f"{tasks_dir}/primal has no '{split}' split (has {sorted(data)}).")
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, device=inference_device())
     reward = make_duality_reward(tasks, mode, model, tokenizer, temperature=likelihood_temperature)
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_completion_length, do_sample=True,
                                 temperature=temperature, batch_size=128, seed=seed)

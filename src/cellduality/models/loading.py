@@ -2,7 +2,7 @@
 
 A CellDuality model folder is a standard Hugging Face folder (``config.json``,
 ``model.safetensors``, tokenizer files, ``generation_config.json``) that ``transformers`` and vLLM
-load as is, plus ``cellduality.json`` (tasks, stage, lineage) and the ``inverse.json`` /
+load as is, plus ``cellduality.json`` (tasks, stage, lineage), a model card ``README.md`` and the ``inverse.json`` /
 ``vocabulary.json`` of its training data, so inference can rebuild the tasks and turn generated
 sentences back into expression. ``cellduality.json`` is written last: its presence means the
 folder is complete.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cellduality.errors import ModelError
+from cellduality.models.card import write_model_card
 from cellduality.models.presets import PRESETS, build_model
 from cellduality.models.tokenizer import build_tokenizer
 
@@ -68,6 +69,18 @@ def default_dtype(device: str | None = None) -> torch.dtype:
     if on_cuda and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def inference_device() -> str | None:
+    """``"cuda"`` when a GPU is present, else ``None`` (CPU) -- for evaluation and diagnostics.
+
+    :func:`load_model` leaves the model where it was built unless told otherwise (trainers place it
+    per process themselves), but picks bf16 when a GPU has it: a caller that runs the model itself
+    must therefore move it, or it computes in bf16 on the CPU, hundreds of times slower.
+    """
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def load_model(
@@ -160,7 +173,8 @@ def save_cellduality_model(
     """Write a complete CellDuality model folder into ``out_dir`` without ever leaving half of one.
 
     Files are written to a temporary folder inside ``out_dir`` and moved in one by one;
-    ``cellduality.json`` (the completeness marker) goes last. LoRA adapters are merged first so
+    ``cellduality.json`` (the completeness marker) goes last. The model card ``README.md``
+    (:mod:`cellduality.models.card`) is written with them. LoRA adapters are merged first so
     the result is a plain model any loader understands. Other content of ``out_dir`` (e.g.
     ``checkpoints/``) is left alone.
     """
@@ -186,6 +200,7 @@ def save_cellduality_model(
             src = Path(lineage_dir) / name if lineage_dir is not None else None
             if src is not None and src.is_file():
                 shutil.copyfile(src, tmp / name)
+        write_model_card(tmp, meta, tokenizer=tokenizer, data_dir=lineage_dir, name=out.name)
         for item in sorted(tmp.iterdir()):
             os.replace(item, out / item.name)
         _write_json_atomic(out / INFO_FILE, meta)
