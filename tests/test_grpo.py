@@ -246,6 +246,9 @@ def test_a_few_grpo_steps_in_both_modes(mode, dual_reward, tasks_dir, sft_dir, t
     info = read_model_info(out)
     assert info["stage"] == ("grpo-duality" if mode == "duality" else "grpo-oracle")
     assert info["parent_model"] == str(sft_dir) and (out / "vocabulary.json").is_file()
+    card = (out / "README.md").read_text()  # the model card names the data, the parent and the reward
+    assert f"**Training data folder:** `{tasks_dir}`" in card and f"**Trained from:** `{sft_dir}`" in card
+    assert "2 GRPO steps" in card and "| annotation |" in card and f"dual_reward: {dual_reward}" in card
     load_model(out)
     if mode == "duality":
         # the live policy did the dual pass (generated or teacher-forced), batched once per reward call

@@ -49,6 +49,9 @@ def test_a_few_steps_lower_the_loss_and_leave_a_loadable_hf_model(sft_dir, tmp_p
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
                  "inverse.json", "vocabulary.json", "loss.png", "log_history.json", "sft_summary.json"):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()  # the model card: the data, the base, the run
+    assert f"`{sft_dir.resolve()}`" in card and "the `tiny` preset" in card and "12 optimiser steps" in card
+    assert "| annotation |" in card and "learning_rate: 0.003" in card
     model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
     tok = AutoTokenizer.from_pretrained(out)
     outs = make_generate_fn(model, tok, max_new_tokens=4)(["Which cell type is it?"])

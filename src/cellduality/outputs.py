@@ -11,6 +11,11 @@ permission or path-type problems are one-line user errors instead of tracebacks.
 
 Training runs store a *fingerprint* (inputs + settings) in the marker, so ``--resume`` continues
 only the same run; :func:`check_fingerprint` names what differs.
+
+A model folder's ``README.md`` (its model card, :mod:`cellduality.models.card`) is a file the tool
+wrote, like ``cellduality.json``: ``sft`` and ``grpo`` write it with the model. It is the one file
+of an *input* CellDuality changes: ``evaluate`` rewrites the card's evaluation section (between
+its markers, atomically), never a card without them and never anything else in the model folder.
 """
 
 from __future__ import annotations

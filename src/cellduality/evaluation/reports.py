@@ -99,6 +99,11 @@ def write_task_report(results: Metrics, out_dir: str | Path, *, baselines: Mappi
     return _write(_comparison_lines(runs, title), Path(out_dir) / "report.md")
 
 
+def metric_tables(runs: Mapping[str, Sequence[Metrics]], title: str) -> list[str]:
+    """Markdown lines of a report: ``# title``, then per task a table of each method's metrics (e.g. a model card's)."""
+    return _comparison_lines(runs, title)
+
+
 def _comparison_lines(runs: Mapping[str, Sequence[Metrics]], title: str) -> list[str]:
     tasks = list(dict.fromkeys(t for rs in runs.values() for r in rs for t in r))
     lines = [f"# {title}", ""]
