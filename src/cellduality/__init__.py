@@ -12,14 +12,16 @@ The package follows the data flow of the method (paper §3):
 ``evaluation`` the paper's metrics, classical baselines, tables and plots
 ``inference``  annotate / sensitivity / generate / perturb on a user's AnnData
 ``pipeline``   the one-command quickstart
+``adaptation`` label-free adaptation of a trained model to a user's own cells (``cd.tl.adapt``)
 ``cli``        the ``cellduality`` command
 
 Heavy modules (torch, transformers, trl) are imported lazily so that ``import cellduality``
 and light CLI commands stay fast.
 """
 
+from cellduality import tl
 from cellduality.errors import CellDualityError
 
 __version__ = "0.1.0"
 
-__all__ = ["CellDualityError", "__version__"]
+__all__ = ["CellDualityError", "__version__", "tl"]

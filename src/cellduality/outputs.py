@@ -183,7 +183,7 @@ def check_output_dir(
             "move it out or choose a new folder (nothing was changed)."
         )
     if not (overwrite or resume):
-        hint = "pass --overwrite to replace it" if command not in ("sft", "grpo") else "pass --resume to continue it"
+        hint = "pass --overwrite to replace it" if command not in ("sft", "grpo", "adapt") else "pass --resume to continue it"
         raise CellDualityError(
             f"Output {out} already holds an earlier `cellduality {command}` output; {hint}, or choose a new folder."
         )

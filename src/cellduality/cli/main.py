@@ -44,6 +44,7 @@ _COMMAND_MODULES = (
     "diagnose_cmd",
     "benchmark_cmd",
     "inference_cmd",
+    "adapt_cmd",
 )
 
 for _name in _COMMAND_MODULES:
@@ -85,7 +86,7 @@ def resume_hint(args: list[str]) -> str:
 
     line = "cellduality " + " ".join(shlex.quote(a) for a in args)
     command = args[0] if args else ""
-    if command in ("sft", "grpo"):
+    if command in ("sft", "grpo", "adapt"):
         return f"Checkpoints are kept; resume with: {line}{'' if '--resume' in args else ' --resume'}"
     if command in ("teach", "quickstart", "benchmark"):
         return f"Finished work is kept; resume by re-running: {line}"
