@@ -239,7 +239,8 @@ def test_annotate_scores_and_marks_false_claims(pbmc_small, pbmc, mode):
         return outs
 
     model = FakeModel({"annotation": task}, sample, lambda ps: [format_response("", "CD74")] * len(ps))
-    out = annotate(pbmc_small[:12].copy(), model, n_samples=2, false_claims=mode, tasks_dir=str(pbmc["dir"]))
+    out = annotate(pbmc_small[:12].copy(), model, n_samples=2, false_claims=mode, tasks_dir=str(pbmc["dir"]),
+                   method="rerank")
     assert out.obs["cellduality_faithfulness"].round(4).eq(round(2 / 3, 4)).all()
     assert (out.obs["cellduality_false_claims"] == 1).all()
     reasoning = out.obs["cellduality_reasoning"]

@@ -122,7 +122,7 @@ def test_annotate_writes_results_into_a_copy(pbmc_small, pbmc_task):
                       knowledge_dual(task, profiles))
     adata = pbmc_small[:20].copy()
     before = adata.obs.copy()
-    out = annotate(adata, model, n_samples=2)
+    out = annotate(adata, model, n_samples=2, method="rerank")
     assert out is not adata
     assert list(adata.obs.columns) == list(before.columns)  # input untouched
     assert (out.obs["cellduality_cell_type"] == first).all()

@@ -58,8 +58,15 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     assert direct and all(r["completion"].startswith("<think>  </think> <answer> ") for r in direct)
     assert sorted(r["id"] for r in direct) == sorted(r["id"] for r in rows if r["direction"] == "dual")
     assert [r["prompt"] for r in direct] == [r["prompt"] for r in rows if r["direction"] == "dual"]
+    # each kept primal row of a classification task also has its answer-only form (fast annotation)
+    answer_only = [r for r in rows if r["direction"] == "primal_direct"]
+    kept_annotation = [r for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
+    assert [r["id"] for r in answer_only] == [r["id"] for r in kept_annotation]
+    assert [r["prompt"] for r in answer_only] == [r["prompt"] for r in kept_annotation]
+    assert all(r["completion"] == f"<think>  </think> <answer> {primal[r['id']]['answer']} </answer>"
+               for r in answer_only)
     for row in rows:
-        if row not in direct:
+        if row["direction"] not in ("dual_direct", "primal_direct"):
             assert re.fullmatch(r"<think> .+ </think> <answer> .+ </answer>", row["completion"], re.S)
         if row["direction"] == "primal" and row["task"] == "annotation":
             assert row["completion"].endswith(f"<answer> {primal[row['id']]['answer']} </answer>")  # rejection sampling
@@ -67,7 +74,8 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
             assert row["id"] in kept_primal  # dual rows only for accepted primal rows
             assert row["prompt"] == dual[row["id"]]["prompt"]
             assert row["completion"].endswith(f"<answer> {dual[row['id']]['answer']} </answer>")
-    assert {r["task"] for r in rows} == {"annotation", "generation"} and {r["direction"] for r in rows} == {"primal", "dual", "dual_direct"}
+    assert {r["task"] for r in rows} == {"annotation", "generation"} and {r["direction"] for r in rows} == {"primal", "dual", "dual_direct",
+                                                                                                   "primal_direct"}
     report = json.loads((out / "teach_report.json").read_text())
     table = {(r["split"], r["task"], r["direction"]): r for r in report["acceptance"]}
     ann = table[("train", "annotation", "primal")]

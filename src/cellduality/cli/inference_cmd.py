@@ -20,6 +20,12 @@ FALSE_CLAIMS = typer.Option("mark", "--false-claims", help="Reasoning claims tha
 TASKS = typer.Option(None, "--tasks", help="The tasks folder the model learned from, to also check its claims about "
                      "training frequencies (default: the one the model's files record, when it still exists).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if that file already exists.")
+METHOD = typer.Option("fast", "--method", help="'fast': labels ranked by likelihood in one forward pass per cell "
+                      "(reasoning only with --explain); 'rerank': sampled reasoned answers reranked by the duality.")
+EXPLAIN = typer.Option(False, "--explain", help="Fast method: also write reasoning for every cell (much slower).")
+EXPLAIN_LEAST = typer.Option(0, "--explain-least-confident", min=0, metavar="N",
+                             help="Fast method: write reasoning for the N least confident cells only.")
+N_SAMPLES_HELP = "Rerank method: answers sampled per cell for duality reranking (1 = greedy)."
 
 
 def _read(path: Path):
@@ -65,13 +71,28 @@ def _summary(adata, column: str, console) -> None:
     console.print(table)
 
 
+def _check_method(method: str, explain: bool, least: int) -> None:
+    """Before any work: a known method, and the explain options only where they apply."""
+    from cellduality.inference.predict import METHODS
+
+    if method not in METHODS:
+        raise CellDualityError(f"--method {method}: choose one of {', '.join(METHODS)}.")
+    if method != "fast" and (explain or least):
+        raise CellDualityError("--explain and --explain-least-confident apply to --method fast; "
+                               "--method rerank always writes reasoning.")
+
+
 def _path(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
 def _faithfulness_line(adata, task: str, console) -> None:
     """One line on how true the written reasoning is (see docs/faithfulness.md)."""
-    info = adata.uns.get("cellduality", {}).get(task, {}).get("faithfulness", {})
+    run = adata.uns.get("cellduality", {}).get(task, {})
+    if run.get("method") == "fast" and not run.get("explained"):
+        console.print("Reasoning: not written (fast labels; pass --explain, or --explain-least-confident N).")
+        return
+    info = run.get("faithfulness", {})
     mean = info.get("mean_faithfulness")
     console.print(f"Reasoning: {'no checkable claim' if mean is None else f'{mean:.0%} of claims true'}; "
                   f"{info.get('cells_with_false_claims', 0)} cells with a false claim (--false-claims "
@@ -85,9 +106,12 @@ def register(app: typer.Typer) -> None:
         input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
         model: Path = MODEL,
         out: Path = OUT,
-        n_samples: int = typer.Option(4, min=1, help="Answers sampled per cell for duality reranking (1 = greedy)."),
-        temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature of the answers."),
-        batch_size: int = typer.Option(32, min=1),
+        method: str = METHOD,
+        explain: bool = EXPLAIN,
+        explain_least_confident: int = EXPLAIN_LEAST,
+        n_samples: int = typer.Option(4, min=1, help=N_SAMPLES_HELP),
+        temperature: float = typer.Option(0.8, min=0.0, help="Rerank method: sampling temperature of the answers."),
+        batch_size: int = typer.Option(64, min=1, help="Cells per generation batch (reasoning)."),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to the model."),
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
@@ -95,17 +119,22 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OVERWRITE,
         genes: dict | None = None,
     ) -> None:
-        """Annotate cell types with reasoning and a duality-reranked confidence."""
+        """Annotate cell types: labels and confidence, reasoning when asked (--explain, --method rerank)."""
         from rich.console import Console
 
+        from cellduality.cli.progress import stage_progress
         from cellduality.inference import annotate
 
         _check_out(input, out, model, overwrite)
-        result = annotate(_read(input), str(model), false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
-                          batch_size=batch_size, min_overlap=min_overlap, seed=seed,
-                          **genes)
-        _write(result, out)
+        _check_method(method, explain, explain_least_confident)
         console = Console()
+        with stage_progress() as progress:
+            result = annotate(_read(input), str(model), false_claims=false_claims, tasks_dir=_path(tasks),
+                              n_samples=n_samples, temperature=temperature, batch_size=batch_size,
+                              min_overlap=min_overlap, seed=seed, method=method, explain=explain,
+                              explain_least_confident=explain_least_confident, progress=progress,
+                              warn=lambda line: console.print(f"[yellow]Warning:[/] {line}", highlight=False), **genes)
+        _write(result, out)
         _summary(result, "cellduality_cell_type", console)
         _faithfulness_line(result, "annotation", console)
         console.print(f"Wrote {out}: .obs['cellduality_cell_type', 'cellduality_reasoning', 'cellduality_confidence']")
@@ -117,9 +146,12 @@ def register(app: typer.Typer) -> None:
         drug: str = typer.Option(..., "--drug", help="Drug name, as the model was trained on it."),
         model: Path = MODEL,
         out: Path = OUT,
-        n_samples: int = typer.Option(4, min=1),
+        method: str = METHOD,
+        explain: bool = EXPLAIN,
+        explain_least_confident: int = EXPLAIN_LEAST,
+        n_samples: int = typer.Option(4, min=1, help=N_SAMPLES_HELP),
         temperature: float = typer.Option(0.8, min=0.0),
-        batch_size: int = typer.Option(32, min=1),
+        batch_size: int = typer.Option(64, min=1),
         min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
         false_claims: str = FALSE_CLAIMS,
         tasks: Path | None = TASKS,
@@ -127,17 +159,23 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OVERWRITE,
         genes: dict | None = None,
     ) -> None:
-        """Predict sensitive/resistant to a drug, with reasoning and a duality-reranked confidence."""
+        """Predict sensitive/resistant to a drug: labels and confidence, reasoning when asked."""
         from rich.console import Console
 
+        from cellduality.cli.progress import stage_progress
         from cellduality.inference import predict_sensitivity
 
         _check_out(input, out, model, overwrite)
-        result = predict_sensitivity(_read(input), str(model), drug, false_claims=false_claims, tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
-                                     batch_size=batch_size, min_overlap=min_overlap, seed=seed,
-                                     **genes)
-        _write(result, out)
+        _check_method(method, explain, explain_least_confident)
         console = Console()
+        with stage_progress() as progress:
+            result = predict_sensitivity(_read(input), str(model), drug, false_claims=false_claims,
+                                         tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
+                                         batch_size=batch_size, min_overlap=min_overlap, seed=seed, method=method,
+                                         explain=explain, explain_least_confident=explain_least_confident,
+                                         progress=progress, warn=lambda line: console.print(
+                                             f"[yellow]Warning:[/] {line}", highlight=False), **genes)
+        _write(result, out)
         _summary(result, "cellduality_sensitivity", console)
         _faithfulness_line(result, "sensitivity", console)
         console.print(f"Wrote {out}: .obs['cellduality_sensitivity', 'cellduality_reasoning', 'cellduality_confidence']")

@@ -64,8 +64,10 @@ class CellDualityModel:
         temperature: float = 1.0,
         batch_size: int = 32,
         seed: int | None = None,
+        require_reasoning: bool = False,
     ) -> GenerateFn:
-        """A batched ``list[prompt] -> list[completion]`` callable over this model."""
+        """A batched ``list[prompt] -> list[completion]`` callable over this model (``require_reasoning``:
+        the ``<think>`` block may not be left empty, see :class:`~cellduality.models.generation.RequireReasoning`)."""
         from cellduality.models import make_generate_fn
         from cellduality.tasks.base import gene_vocabulary
 
@@ -78,6 +80,7 @@ class CellDualityModel:
             batch_size=batch_size,
             seed=seed,
             genes=gene_vocabulary(self.tasks),
+            require_reasoning=require_reasoning,
         )
 
     @property

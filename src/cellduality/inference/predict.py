@@ -1,10 +1,11 @@
 """Use a trained model on your own cells, scverse style: AnnData in, AnnData out.
 
-* :func:`annotate` — cell type per cell, with the model's reasoning and a **duality-reranked**
-  confidence: sample ``n_samples`` answers, score each distinct answer by how well the model's
-  own dual task rebuilds the cell's hidden genes from it (the paper's duality, used at inference
-  time), keep the best.
-* :func:`predict_sensitivity` — sensitive/resistant to a drug, reranked the same way.
+* :func:`annotate` — cell type per cell. Default (``method="fast"``): labels ranked by likelihood
+  in one forward pass per cell, confidence = the label posterior, reasoning only for the cells
+  asked (:mod:`cellduality.inference.fast`). ``method="rerank"``: sample ``n_samples`` answers
+  with reasoning, score each distinct answer by how well the model's own dual task rebuilds the
+  cell's hidden genes from it (the paper's duality, used at inference time), keep the best.
+* :func:`predict_sensitivity` — sensitive/resistant to a drug, by the same two methods.
 * :func:`generate_cells` — new cells of a requested type: sentences and reconstructed expression.
 * :func:`perturb` — the response of each given cell to a perturbation.
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
 KEY = "cellduality"
+METHODS = ("fast", "rerank")
 
 
 @dataclass
@@ -149,6 +151,13 @@ def _prepare(adata: AnnData, copy: bool) -> AnnData:
     return adata.copy() if copy else adata
 
 
+def cell_examples(task: Task, names: Any, cells: list[list[str]], extra_input: dict[str, Any],
+                  seed: int) -> list[Example]:
+    """One unlabelled example per cell (seeded by the cell's name: the same cell, the same prompt)."""
+    return [Example(id=str(name), task=task.name, input={"cell": genes, **extra_input}, target=None,
+                    seed=stable_seed(seed, task.name, str(name))) for name, genes in zip(names, cells, strict=True)]
+
+
 def _classify(
     adata: AnnData,
     model: CellDualityModel | str,
@@ -167,17 +176,22 @@ def _classify(
     sentence_options: dict[str, Any],
     false_claims: str = "mark",
     tasks_dir: str | None = None,
+    method: str = "fast",
+    fast: dict[str, Any] | None = None,
 ) -> AnnData:
+    """Shared by annotate and predict_sensitivity; ``fast`` holds the fast method's options."""
+    if method not in METHODS:
+        raise CellDualityError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
     mdl = _as_model(model, device)
     task = mdl.task(task_name)
     out = _prepare(adata, copy)
     cells, overlap = model_sentences(out, task, seed, **sentence_options)
     _check_overlap(overlap, cells, min_overlap)
-    examples = [
-        Example(id=str(name), task=task_name, input={"cell": genes, **extra_input}, target=None,
-                seed=stable_seed(seed, task_name, str(name)))
-        for name, genes in zip(out.obs_names, cells, strict=True)
-    ]
+    examples = cell_examples(task, out.obs_names, cells, extra_input, seed)
+    if method == "fast":
+        return _classify_fast(out, mdl, task, examples, column, overlap, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, false_claims=false_claims, tasks_dir=tasks_dir,
+                              seed=seed, **(fast or {}))
     sample = mdl.generator(max_new_tokens=max_new_tokens, do_sample=n_samples > 1, temperature=temperature,
                            batch_size=batch_size, seed=seed)
     greedy = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
@@ -190,9 +204,44 @@ def _classify(
     out.obs[f"{KEY}_confidence"] = np.array([r.confidence for r in ranked], dtype=float)
     out.obs[f"{KEY}_votes"] = np.array([r.votes for r in ranked], dtype=int)
     out.uns.setdefault(KEY, {})[task_name] = {
-        "model": str(mdl.path), "n_samples": n_samples, "temperature": temperature, "seed": seed,
+        "model": str(mdl.path), "method": "rerank", "n_samples": n_samples, "temperature": temperature, "seed": seed,
         "labels": list(task.context.labels), "unparsed": int(sum(r.answer is None for r in ranked)), **overlap,
         "faithfulness": checked.info,
+    }
+    return out
+
+
+def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: list[Example], column: str,
+                   overlap: dict[str, Any], *, batch_size: int, max_new_tokens: int, false_claims: str,
+                   tasks_dir: str | None, seed: int, explain: bool = False, explain_least_confident: int = 0,
+                   direct: bool | None = None, progress: Any = None, warn: Any = None) -> AnnData:
+    """Labels by likelihood; reasoning (and its faithfulness check) only for the explained cells."""
+    from cellduality.inference.fast import classify_fast
+
+    prompts = [task.primal_prompt(ex) for ex in examples]
+    result = classify_fast(task, mdl, prompts, explain=explain, explain_least_confident=explain_least_confident,
+                           direct=direct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+                           warn=warn)
+    out.obs[f"{KEY}_{column}"] = pd.Categorical([task.render_answer(a) for a in result.labels],
+                                                categories=[task.render_answer(a) for a in task.answer_candidates()])
+    out.obs[f"{KEY}_confidence"] = result.confidence.astype(float)
+    out.obs[f"{KEY}_explained"] = result.explained
+    idx = np.flatnonzero(result.explained)
+    sub = pd.DataFrame(index=out.obs_names[idx])
+    responses = [format_response(result.reasoning[i], task.render_answer(result.labels[i])) for i in idx]
+    checked = _explain(sub, task, mdl, [prompts[i] for i in idx], responses, false_claims, tasks_dir)
+    reasoning = np.full(out.n_obs, "", dtype=object)
+    faithfulness = np.full(out.n_obs, np.nan)
+    false = np.zeros(out.n_obs, dtype=int)
+    reasoning[idx], faithfulness[idx], false[idx] = (sub[f"{KEY}_reasoning"].to_numpy(),
+                                                     sub[f"{KEY}_faithfulness"].to_numpy(),
+                                                     sub[f"{KEY}_false_claims"].to_numpy())
+    out.obs[f"{KEY}_reasoning"] = reasoning
+    out.obs[f"{KEY}_faithfulness"] = faithfulness
+    out.obs[f"{KEY}_false_claims"] = false
+    out.uns.setdefault(KEY, {})[task.name] = {
+        "model": str(mdl.path), **result.info, "seed": seed, "labels": list(task.context.labels), "unparsed": 0,
+        **overlap, "faithfulness": checked.info,
     }
     return out
 
@@ -215,6 +264,13 @@ def _explain(obs: pd.DataFrame, task: Task, mdl: CellDualityModel, prompts: list
     return checked
 
 
+def _fast_options(explain: bool, least: int, direct: bool | None, progress: Any, warn: Any) -> dict[str, Any]:
+    if least < 0:
+        raise CellDualityError("--explain-least-confident must be 0 or more.")
+    return {"explain": explain, "explain_least_confident": least, "direct": direct, "progress": progress,
+            "warn": warn}
+
+
 def annotate(
     adata: AnnData,
     model: CellDualityModel | str,
@@ -229,14 +285,28 @@ def annotate(
     device: str | None = None,
     false_claims: str = "mark",
     tasks_dir: str | None = None,
+    method: str = "fast",
+    explain: bool = False,
+    explain_least_confident: int = 0,
+    direct: bool | None = None,
+    progress: Any = None,
+    warn: Any = None,
     **sentence_options: Any,
 ) -> AnnData:
-    """Annotate cell types; adds ``.obs['cellduality_cell_type' | '_reasoning' | '_confidence' | '_votes']``
-    and ``'_faithfulness' | '_false_claims'`` (see :func:`_explain` for ``false_claims`` and ``tasks_dir``)."""
+    """Annotate cell types; adds ``.obs['cellduality_cell_type' | '_reasoning' | '_confidence']``
+    and ``'_faithfulness' | '_false_claims'`` (see :func:`_explain` for ``false_claims`` and ``tasks_dir``).
+
+    ``method="fast"`` (default) ranks the labels by likelihood and writes reasoning only with
+    ``explain`` or for the ``explain_least_confident`` least confident cells (``.obs['_explained']``);
+    ``direct`` overrides whether the model is taken to know the answer-only form. ``"rerank"``
+    samples ``n_samples`` reasoned answers per cell and keeps the one its dual supports best
+    (``.obs['_votes']``). ``progress(stage, done, total)`` and ``warn(line)`` are for the CLI.
+    """
     return _classify(adata, model, "annotation", {}, "cell_type", n_samples=n_samples, temperature=temperature,
                      batch_size=batch_size, max_new_tokens=max_new_tokens, min_overlap=min_overlap, seed=seed,
                      copy=copy, device=device, sentence_options=sentence_options, false_claims=false_claims,
-                     tasks_dir=tasks_dir)
+                     tasks_dir=tasks_dir, method=method, fast=_fast_options(explain, explain_least_confident, direct,
+                                                                          progress, warn))
 
 
 def predict_sensitivity(
@@ -254,10 +324,12 @@ def predict_sensitivity(
     device: str | None = None,
     false_claims: str = "mark",
     tasks_dir: str | None = None,
+    method: str = "fast", explain: bool = False, explain_least_confident: int = 0,  # as in annotate
+    direct: bool | None = None, progress: Any = None, warn: Any = None,
     **sentence_options: Any,
 ) -> AnnData:
-    """Predict drug sensitivity; adds ``.obs['cellduality_sensitivity' | '_reasoning' | '_confidence' | '_votes']``
-    and ``'_faithfulness' | '_false_claims'``."""
+    """Predict drug sensitivity; adds ``.obs['cellduality_sensitivity' | '_reasoning' | '_confidence']``
+    and ``'_faithfulness' | '_false_claims'``; ``method`` and the explain options as in :func:`annotate`."""
     mdl = _as_model(model, device)
     known_drugs = mdl.task("sensitivity").context.drugs
     if known_drugs and drug not in known_drugs:
@@ -265,7 +337,8 @@ def predict_sensitivity(
     return _classify(adata, mdl, "sensitivity", {"drug": drug}, "sensitivity", n_samples=n_samples,
                      temperature=temperature, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      min_overlap=min_overlap, seed=seed, copy=copy, device=device, sentence_options=sentence_options,
-                     false_claims=false_claims, tasks_dir=tasks_dir)
+                     false_claims=false_claims, tasks_dir=tasks_dir, method=method,
+                     fast=_fast_options(explain, explain_least_confident, direct, progress, warn))
 
 
 @dataclass

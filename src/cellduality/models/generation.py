@@ -80,6 +80,34 @@ class UniqueAnswerGenes:
         return scores
 
 
+class RequireReasoning:
+    """A logits processor: right after ``<think>``, the think block cannot be closed or left blank.
+
+    A model taught answer-only rows (empty ``<think>  </think>``, see ``TeachConfig.direct_primal``
+    and ``direct_dual``) may answer directly when decoding greedily. Where reasoning is the point
+    (``annotate --explain``), the first token after ``<think>`` must be neither ``</think>`` nor
+    whitespace; everything after it is free. Inactive when ``<think>`` is not one token.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.open_ids = list(_single_token_ids(tokenizer, "<think>"))
+        blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+        self.banned = sorted(set(blank) | set(_single_token_ids(tokenizer, "</think>")))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.open_ids and self.banned)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        after_open = torch.isin(input_ids[:, -1], torch.tensor(self.open_ids, device=input_ids.device))
+        if after_open.any():
+            rows = after_open.nonzero().squeeze(-1)
+            scores[rows.unsqueeze(-1), torch.tensor(self.banned, device=scores.device)] = float("-inf")
+        return scores
+
+
 def make_generate_fn(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -91,18 +119,22 @@ def make_generate_fn(
     batch_size: int = 32,
     seed: int | None = None,
     genes: Iterable[str] | None = None,
+    require_reasoning: bool = False,
 ) -> Callable[[list[str]], list[str]]:
     """Return ``generate(prompts) -> completions`` for raw task prompts.
 
     With ``seed`` set, call ``i`` samples with seed ``seed + i`` inside a forked RNG: runs are
     reproducible and the caller's random state is untouched. With ``genes`` (the tasks' gene
-    vocabulary), a gene cannot repeat inside an ``<answer>`` (:class:`UniqueAnswerGenes`).
+    vocabulary), a gene cannot repeat inside an ``<answer>`` (:class:`UniqueAnswerGenes`). With
+    ``require_reasoning``, the ``<think>`` block cannot be left empty (:class:`RequireReasoning`).
     """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
     unique = UniqueAnswerGenes(tokenizer, genes) if genes is not None else None
     processors = LogitsProcessorList([unique] if unique is not None and unique.active else [])
+    if require_reasoning and (think := RequireReasoning(tokenizer)).active:
+        processors.append(think)
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

@@ -210,7 +210,9 @@ def build_sft(
 
     report = _report(progress, splits, teacher, config)
     _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite,
-                  direct_dual=config.direct_dual)
+                  direct_dual=config.direct_dual,
+                  direct_primal={n for n, t in tasks.items() if t.kind == "classification"}
+                  if config.direct_primal else set())
     return report
 
 
@@ -318,12 +320,14 @@ def _why_nothing(report: dict[str, Any]) -> str:
 
 def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
                   primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
-                  overwrite: bool, *, direct_dual: bool = False) -> None:
+                  overwrite: bool, *, direct_dual: bool = False, direct_primal: set[str] | None = None) -> None:
     """Save the accepted rows; with ``direct_dual`` each kept dual prompt also gets a direct answer.
 
     The direct row (same prompt, empty reasoning, the reference ``x_u``) teaches the form the
     likelihood duality reward scores teacher-forced (:class:`cellduality.rewards.DualLikelihoodReward`),
     so that reward reads the dual's belief about ``x_u`` without generating a reasoning first.
+    Likewise each kept primal prompt of a task in ``direct_primal`` (classification tasks) gets a
+    "primal_direct" row: fast annotation ranks the candidate labels by that form's likelihood.
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
@@ -341,6 +345,10 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                 for completion in completions:
                     rows.append({"prompt": rec["prompt"], "completion": completion, "task": rec["task"],
                                  "direction": direction, "id": row_id})
+                if direction == "primal" and completions and rec["task"] in (direct_primal or ()):
+                    rows.append({"prompt": rec["prompt"], "task": rec["task"], "direction": "primal_direct",
+                                 "completion": format_response("", extract_answer(completions[0]) or ""),
+                                 "id": row_id})
                 if direction == "dual" and direct_dual and completions:
                     rows.append({"prompt": rec["prompt"], "task": rec["task"], "direction": "dual_direct",
                                  "completion": format_response("", extract_answer(completions[0]) or ""),

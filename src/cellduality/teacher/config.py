@@ -24,6 +24,8 @@ class TeachConfig(StrictModel):
     include_dual: bool = True
     direct_dual: bool = Field(True, description="also train each dual prompt with a direct answer (empty "
                               "reasoning): the form the likelihood duality reward scores")
+    direct_primal: bool = Field(True, description="also train each kept primal prompt of a classification task "
+                                "with a direct answer (empty reasoning): the form fast annotation ranks labels by")
     max_examples: int | None = Field(None, ge=1, description="primal prompts per task and split")
     max_test_examples: int | None = Field(None, ge=0, description="per task in the test split (default: max_examples)")
     seed: int = 0

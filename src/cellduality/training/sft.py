@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -289,7 +290,9 @@ def run_sft(
 
     settings = settings or SFTSettings()
     sft_path, out = Path(sft_dir), Path(out_dir)
-    load_sft_data(sft_path)  # fail on a bad input folder before touching OUT_DIR
+    train_rows = load_sft_data(sft_path)["train"]  # fail on a bad input folder before touching OUT_DIR
+    # rows per direction/task: what inference reads to know the model learnt the answer-only form
+    directions = dict(Counter(f"{d}/{t}" for d, t in zip(train_rows["direction"], train_rows["task"], strict=True)))
     fingerprint = run_fingerprint({"sft_data": sft_path}, settings.model_dump(mode="json"))
     checkpoint = prepare_output_dir(out, resume, inputs=(sft_path,), fingerprint=fingerprint)
     trainer = build_sft_trainer(sft_path, out, settings, checkpoint, callbacks)
@@ -319,6 +322,7 @@ def run_sft(
         "parameters": count_parameters(trained),
         "trainable_parameters": count_parameters(trained, trainable_only=True),
         "wall_seconds": round(wall, 2),
+        "directions": directions,
     }
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:

@@ -1,0 +1,115 @@
+"""Annotation throughput: labels + confidence (fast path), reasoning for every cell, agreement.
+
+    python benchmarks/bench_annotate.py --model OUT/models/sft \\
+        --data ../shared/data/kang2018_pbmc_ifnb_scgen/kang2018_scgen_valid.h5ad
+
+Prints, for one process on ``--threads`` CPU threads (or the GPU when there is one):
+* cells/s of ``cellduality.inference.annotate`` end to end (sentences, label ranking, columns)
+  with the default fast path: labels by likelihood, no reasoning;
+* cells/s with reasoning written for every cell (``explain=True``) on the first
+  ``--reasoning-cells`` cells;
+* agreement of the fast labels with the *full path* on the first ``--full-cells`` cells: greedy
+  generation of reasoning + answer (batched, the answer parsed from the text), the way
+  ``evaluate`` reads a model -- and the agreement of the explained labels with it.
+
+The model must have been taught the answer-only rows (``cellduality teach`` writes them by
+default since ``direct_primal``); for an older model the fast path warns and generates.
+On a shared machine figures move with the load: run it more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see docs/sft.md)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+KANG = ROOT.parent / "shared" / "data" / "kang2018_pbmc_ifnb_scgen" / "kang2018_scgen_valid.h5ad"
+
+
+def full_path_labels(mdl, task, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str | None]:
+    """Greedy reasoning + answer for each prompt, the answer parsed from the generated text."""
+    from cellduality.inference.fast import generate_sorted
+
+    texts = generate_sorted(mdl, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)  # reasoning required
+    answers = [task.parse_primal(t) for t in texts]
+    return [None if a is None else task.render_answer(a) for a in answers]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--data", type=Path, default=KANG)
+    parser.add_argument("--cells", type=int, default=None, help="cells for the fast path (default: all)")
+    parser.add_argument("--reasoning-cells", type=int, default=200)
+    parser.add_argument("--full-cells", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from cellduality.inference import CellDualityModel, annotate
+    from cellduality.sentences import read_h5ad
+
+    torch.set_num_threads(args.threads)
+    adata = read_h5ad(args.data)
+    if args.cells:
+        adata = adata[: args.cells].copy()
+    mdl = CellDualityModel.load(args.model)
+    task = mdl.task("annotation")
+    device = next(mdl.model.parameters()).device
+    print(f"model {args.model} ({sum(p.numel() for p in mdl.model.parameters()) / 1e6:.1f}M parameters) on "
+          f"{device}, {args.threads} threads; {adata.n_obs} cells of {args.data.name}")
+
+    annotate(adata[:32].copy(), mdl, warn=print)  # warm-up (first-call allocations)
+    t = time.perf_counter()
+    fast = annotate(adata, mdl, warn=print)
+    seconds = time.perf_counter() - t
+    print(f"labels + confidence: {adata.n_obs / seconds:.1f} cells/s ({adata.n_obs} cells in {seconds:.1f} s; "
+          f"answer-only form used: {fast.uns['cellduality']['annotation']['answer_only']})")
+
+    sub = adata[: args.reasoning_cells].copy()
+    t = time.perf_counter()
+    explained = annotate(sub, mdl, explain=True, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    seconds = time.perf_counter() - t
+    print(f"reasoning for every cell: {sub.n_obs / seconds:.1f} cells/s ({sub.n_obs} cells in {seconds:.1f} s)")
+
+    n = min(args.full_cells, adata.n_obs)
+    prompts = [task.primal_prompt(ex) for ex in _examples(fast[:n], mdl, task)]
+    t = time.perf_counter()
+    full = full_path_labels(mdl, task, prompts, args.batch_size, args.max_new_tokens)
+    seconds = time.perf_counter() - t
+    fast_labels = fast.obs["cellduality_cell_type"].astype(str).to_numpy()[:n]
+    agree = sum(f == g for f, g in zip(fast_labels, full, strict=True)) / n
+    unparsed = sum(g is None for g in full)
+    print(f"full path (greedy reasoning + parsed answer): {n / seconds:.1f} cells/s; {unparsed} unparsed")
+    parsed = [i for i, g in enumerate(full) if g is not None]
+    agree_parsed = sum(fast_labels[i] == full[i] for i in parsed) / max(1, len(parsed))
+    print(f"agreement fast vs full path: {agree:.1%} of {n} cells ({agree_parsed:.1%} of the {len(parsed)} "
+          "whose full-path answer parsed)")
+    m = min(n, sub.n_obs)
+    ex_labels = explained.obs["cellduality_cell_type"].astype(str).to_numpy()[:m]
+    agree_ex = sum(f == g for f, g in zip(ex_labels, full[:m], strict=True)) / max(1, m)
+    print(f"agreement explained vs full path: {agree_ex:.1%} of {m} cells")
+    conf = fast.obs["cellduality_confidence"].to_numpy()[:n]
+    hit = fast_labels == [g or "" for g in full]
+    print(f"mean confidence: {conf.mean():.2f} (agreeing cells {conf[hit].mean():.2f}, "
+          f"disagreeing {conf[~hit].mean() if (~hit).any() else float('nan'):.2f})")
+
+
+def _examples(adata, mdl, task):
+    """The examples ``annotate`` builds for these cells (same sentences, same seeds)."""
+    from cellduality.inference.predict import cell_examples, model_sentences
+
+    cells, _ = model_sentences(adata, task, 0)
+    return cell_examples(task, adata.obs_names, cells, {}, 0)
+
+
+if __name__ == "__main__":
+    main()

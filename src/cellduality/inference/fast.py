@@ -1,0 +1,180 @@
+"""Fast classification (annotation, sensitivity): labels and confidence without writing reasoning.
+
+A model taught the answer-only form (``cellduality teach`` writes a ``primal_direct`` row,
+``<think>  </think> <answer> LABEL </answer>``, for every kept primal row of a classification
+task; ``TeachConfig.direct_primal``) can be *asked* how probable each candidate label is: each
+cell's prompt runs once, every label is scored teacher-forced against its KV cache
+(:func:`~cellduality.models.candidates.score_candidates`), the label is the argmax and the
+confidence its softmax posterior. No token is sampled, so this is deterministic and costs about
+one forward pass per cell instead of hundreds of decoding steps.
+
+Reasoning is generated (greedy, length-sorted batches) only when asked: for every cell
+(``explain=True``) or for the ``explain_least_confident`` cells the labels were least sure of.
+An explained cell's label is then ranked *after its own reasoning* (same scorer, the reasoning as
+prefix), so label, confidence and written reasoning agree. A model trained without direct rows
+cannot answer directly: it is explained for every cell, with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cellduality.tasks.base import Task, extract_reasoning, format_response
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cellduality.inference.model import CellDualityModel
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; the CLI draws one rich line per stage with it."""
+
+_MARK = "\x00"
+
+
+def answer_split(reasoning: str) -> tuple[str, str, str]:
+    """``(prefix, lead, tail)`` with ``format_response(reasoning, L) == prefix + lead + L + tail``.
+
+    The prefix ends at ``<answer>``; the whitespace after it (``lead``) goes with the label, the
+    way tokenizers attach a leading space to the next word.
+    """
+    head, tail = format_response(reasoning, _MARK).split(_MARK)
+    prefix = head.rstrip()
+    return prefix, head[len(prefix):], tail
+
+
+def trained_direct(model_dir: str | Path, task: str, _depth: int = 0) -> bool | None:
+    """Whether the model (or the SFT model it descends from) learnt ``primal_direct`` rows of ``task``.
+
+    Read from the SFT summary (``directions``), else from the SFT data folder it records, following
+    GRPO models to their parent. ``None`` when nothing on disk says.
+    """
+    info_path = Path(model_dir) / "cellduality.json"
+    if _depth > 5 or not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    directions = (info.get("summary") or {}).get("directions")
+    if isinstance(directions, dict):
+        return int(directions.get(f"primal_direct/{task}", directions.get("primal_direct", 0))) > 0
+    data = Path(str(info.get("sft_data") or ""))
+    if info.get("sft_data") and (data / "dataset_dict.json").is_file():
+        from datasets import load_from_disk
+
+        train = load_from_disk(str(data))["train"]
+        return any(d == "primal_direct" and t == task for d, t in zip(train["direction"], train["task"], strict=True))
+    parent = info.get("parent_model")
+    return trained_direct(parent, task, _depth + 1) if parent else None
+
+
+@dataclass
+class FastResult:
+    """Per cell: label, posterior confidence, reasoning ('' when not explained), and what ran."""
+
+    labels: list[Any]
+    confidence: np.ndarray
+    posterior: np.ndarray
+    reasoning: list[str]
+    explained: np.ndarray
+    info: dict[str, Any]
+
+
+def rank_labels(task: Task, mdl: CellDualityModel, prompts: Sequence[str], reasonings: Sequence[str] | None = None,
+                progress: Progress | None = None, stage: str = "rank labels") -> np.ndarray:
+    """Label posterior ``[cells, labels]`` after each prompt (and its reasoning, if given)."""
+    from cellduality.models.candidates import score_candidates
+
+    labels = [task.render_answer(a) for a in task.answer_candidates()]
+    if not labels:
+        raise ValueError(f"{task.name} has no candidate answers; fast ranking serves classification tasks only")
+    reasonings = list(reasonings) if reasonings is not None else [""] * len(prompts)
+    splits = [answer_split(r) for r in reasonings]
+    lead, tail = splits[0][1], splits[0][2]
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(stage, done, len(prompts))
+
+    scores = score_candidates(mdl.model, mdl.tokenizer, prompts, [s[0] for s in splits],
+                              [f"{lead}{label}{tail}" for label in labels], on_batch=step)
+    return scores.posterior()
+
+
+def generate_sorted(mdl: CellDualityModel, prompts: Sequence[str], *, batch_size: int, max_new_tokens: int,
+                    progress: Progress | None = None, stage: str = "write reasoning") -> list[str]:
+    """Greedy completions with a non-empty ``<think>`` block, in batches of similar prompt length, in input order.
+
+    Reasoning is required because a model taught answer-only rows would otherwise often skip it.
+    """
+    generate = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, require_reasoning=True)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, text in zip(chunk, generate([prompts[i] for i in chunk]), strict=True):
+            out[i] = text
+        if progress is not None:
+            progress(stage, min(start + batch_size, len(order)), len(order))
+    return out
+
+
+def classify_fast(
+    task: Task,
+    mdl: CellDualityModel,
+    prompts: Sequence[str],
+    *,
+    explain: bool = False,
+    explain_least_confident: int = 0,
+    direct: bool | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 160,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> FastResult:
+    """Labels by likelihood for every cell; reasoning for all or the least confident (see module doc).
+
+    ``direct=None`` reads from the model's files whether it learnt the answer-only form
+    (:func:`trained_direct`); ``True``/``False`` overrides that.
+    """
+    n = len(prompts)
+    labels = task.answer_candidates()
+    posterior = np.zeros((n, len(labels)))
+    explained = np.zeros(n, dtype=bool)
+    knows_direct = trained_direct(mdl.path, task.name) if direct is None else direct
+    if explain:
+        explained[:] = True
+    elif not knows_direct:
+        if warn is not None:
+            warn(f"{mdl.path} was not taught answer-only rows (re-run `cellduality teach` and `sft` to get them); "
+                 "labelling every cell by greedy generation instead, which is much slower.")
+        explained[:] = True
+    else:
+        posterior = rank_labels(task, mdl, prompts, progress=progress)
+        if explain_least_confident > 0:
+            least = np.argsort(posterior.max(axis=1), kind="stable")[:explain_least_confident]
+            explained[least] = True
+    reasoning = [""] * n
+    idx = np.flatnonzero(explained)
+    if len(idx):
+        texts = generate_sorted(mdl, [prompts[i] for i in idx], batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                progress=progress)
+        thoughts = [extract_reasoning(t) for t in texts]
+        posterior[idx] = rank_labels(task, mdl, [prompts[i] for i in idx], thoughts, progress=progress,
+                                     stage="rank labels after reasoning")
+        for i, thought in zip(idx, thoughts, strict=True):
+            reasoning[i] = thought
+    best = posterior.argmax(axis=1)
+    return FastResult(
+        labels=[labels[b] for b in best],
+        confidence=posterior[np.arange(n), best],
+        posterior=posterior,
+        reasoning=reasoning,
+        explained=explained,
+        info={"method": "fast", "answer_only": bool(knows_direct), "explained": int(explained.sum())},
+    )

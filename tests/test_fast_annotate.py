@@ -1,0 +1,159 @@
+"""Fast annotation: labels ranked by likelihood with a shared prompt pass, reasoning only when asked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cellduality.inference.fast import answer_split, classify_fast, trained_direct
+from cellduality.inference.model import CellDualityModel
+from cellduality.models.candidates import score_candidates
+from cellduality.models.generation import RequireReasoning
+from cellduality.models.scoring import score_continuations
+from cellduality.tasks.base import format_response
+from test_inference import pbmc_task  # noqa: F401  (fixture: pbmc68k cells + annotation task)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(pbmc_task, tmp_path_factory):  # noqa: F811
+    """A `tiny` random model saved as a CellDuality model of the pbmc annotation task."""
+    from cellduality.models import load_model, save_cellduality_model
+
+    cells, task = pbmc_task
+    prompts = [task.primal_prompt(ex) for ex in task.make_examples(cells, range(30), seed=0)]
+    texts = prompts + [format_response("reasoning about genes", label) for label in task.context.labels]
+    model, tokenizer = load_model("tiny", tokenizer_texts=texts, genes=sorted(task.context.genes))
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("fast") / "model"
+    tasks = {"tasks": {"annotation": {"context": task.context.to_dict(), "options": task.options}}}
+    save_cellduality_model(model, tokenizer, out, {"stage": "sft", "base_model": "tiny", "tasks": tasks})
+    return CellDualityModel.load(out), prompts
+
+
+def _reference(mdl, prompts, prefixes, candidates):
+    pairs = [(p, q + c) for p, q in zip(prompts, prefixes, strict=True) for c in candidates]
+    full = score_continuations(mdl.model, mdl.tokenizer, [p for p, _ in pairs], [c for _, c in pairs])
+    return np.array([s.logprob for s in full]).reshape(len(prompts), len(candidates))
+
+
+def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model):
+    mdl, prompts = tiny_model
+    task = mdl.task("annotation")
+    prompts = prompts[:7] + [prompts[0][:80]]  # unequal lengths: left padding must not change a score
+    prefix, lead, tail = answer_split("")
+    reasoned, _, _ = answer_split("CD74 is high")
+    prefixes = [prefix] * 4 + [reasoned] * 4
+    candidates = [f"{lead}{label}{tail}" for label in task.context.labels]
+    got = score_candidates(mdl.model, mdl.tokenizer, prompts, prefixes, candidates, max_tokens_per_batch=300)
+    ref = _reference(mdl, prompts, prefixes, candidates)
+    np.testing.assert_allclose(got.candidates + got.prefix[:, None], ref, atol=2e-4)
+    assert (got.prefix < 0).all() and np.allclose(got.posterior().sum(1), 1)
+    mdl.model.train()  # scoring runs in eval mode and restores the caller's mode
+    score_candidates(mdl.model, mdl.tokenizer, prompts[:2], prefixes[:2], candidates)
+    assert mdl.model.training
+
+
+def test_answer_split_rebuilds_the_response():
+    for reasoning in ("", "CD3E at rank 1."):
+        prefix, lead, tail = answer_split(reasoning)
+        assert prefix + lead + "CD19+ B" + tail == format_response(reasoning, "CD19+ B")
+        assert prefix.endswith("<answer>")
+
+
+def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(tiny_model):
+    mdl, prompts = tiny_model
+    task = mdl.task("annotation")
+    prefix, lead, tail = answer_split("")
+    ref = _reference(mdl, prompts[:12], [prefix] * 12, [f"{lead}{lb}{tail}" for lb in task.context.labels])
+    result = classify_fast(task, mdl, prompts[:12], direct=True, explain_least_confident=3, max_new_tokens=24)
+    assert result.explained.sum() == 3 and result.info["explained"] == 3
+    fast = ~result.explained
+    assert [task.context.labels[i] for i in ref.argmax(1)[fast]] == [lb for lb, f in zip(result.labels, fast,
+                                                                                         strict=True) if f]
+    posterior = np.exp(ref - ref.max(1, keepdims=True))
+    posterior /= posterior.sum(1, keepdims=True)
+    np.testing.assert_allclose(result.confidence[fast], posterior.max(1)[fast], atol=1e-4)
+    assert result.confidence[fast].min() >= posterior.max(1)[result.explained].max() - 1e-6  # least confident
+    assert all(r == "" for r, e in zip(result.reasoning, result.explained, strict=True) if not e)
+
+
+def test_a_model_without_answer_only_rows_warns_and_generates(tiny_model):
+    mdl, prompts = tiny_model
+    lines: list[str] = []
+    result = classify_fast(mdl.task("annotation"), mdl, prompts[:3], direct=False, max_new_tokens=8,
+                           warn=lines.append)
+    assert len(lines) == 1 and "answer-only" in lines[0] and result.explained.all()
+    assert set(result.labels) <= set(mdl.task("annotation").context.labels)
+
+
+def test_trained_direct_reads_the_summary_the_sft_data_or_the_parent(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    def model(name, **info):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cellduality.json").write_text(json.dumps(info))
+        return folder
+
+    new = model("new", summary={"directions": {"primal": 5, "primal_direct": 5}})
+    old = model("old", summary={"directions": {"primal": 5, "dual_direct": 5}})
+    data = tmp_path / "sft_data"
+    DatasetDict({"train": Dataset.from_list([{"direction": "primal_direct", "task": "annotation"}])}).save_to_disk(
+        str(data))
+    legacy = model("legacy", sft_data=str(data))
+    grpo = model("grpo", parent_model=str(legacy))
+    assert trained_direct(new, "annotation") is True and trained_direct(old, "annotation") is False
+    assert trained_direct(legacy, "annotation") is True and trained_direct(legacy, "sensitivity") is False
+    assert trained_direct(grpo, "annotation") is True
+    assert trained_direct(model("unknown"), "annotation") is None
+
+
+def test_require_reasoning_forbids_an_empty_think_block(tiny_model):
+    mdl, _ = tiny_model
+    tok = mdl.tokenizer
+    rule = RequireReasoning(tok)
+    assert rule.active
+    think = tok.convert_tokens_to_ids("<think>")
+    close = tok.convert_tokens_to_ids("</think>")
+    ids = torch.tensor([[5, think], [5, 6]])
+    scores = rule(ids, torch.zeros(2, len(tok)))
+    assert scores[0, close] == float("-inf") and scores[1, close] == 0
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    assert blank and torch.isinf(scores[0, blank]).all() and torch.isfinite(scores[0]).sum() > 10
+
+
+def test_cli_refuses_explain_with_rerank(tiny_model, pbmc_small, tmp_path, capsys):
+    from cellduality.cli.main import main
+
+    mdl, _ = tiny_model
+    path = tmp_path / "cells.h5ad"
+    pbmc_small[:5].copy().write_h5ad(path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["annotate", str(path), "--model", str(mdl.path), "--out", str(tmp_path / "o.h5ad"), "--method", "rerank",
+              "--explain"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--method fast" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_cli_fast_annotate_writes_labels_and_confidence(tiny_model, pbmc_small, tmp_path, capsys):
+    import anndata as ad
+
+    from cellduality.cli.main import main
+
+    mdl, _ = tiny_model
+    path = tmp_path / "cells.h5ad"
+    pbmc_small[:6].copy().write_h5ad(path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["annotate", str(path), "--model", str(mdl.path), "--out", str(tmp_path / "o.h5ad"),
+              "--explain-least-confident", "2", "--batch-size", "4"])
+    assert exit_.value.code == 0
+    captured = capsys.readouterr()
+    out = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert set(out.obs["cellduality_cell_type"]) <= set(mdl.task("annotation").context.labels)
+    assert out.obs["cellduality_confidence"].between(0, 1).all() and out.obs["cellduality_explained"].all()
+    assert "answer-only" in captured.out  # this random model was not taught the answer-only rows: it generates
+    assert "Loading weights" not in captured.out + captured.err  # third-party bars are silenced by the CLI
