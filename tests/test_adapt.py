@@ -165,3 +165,28 @@ def test_bad_inputs_are_one_line_errors(pbmc_small, cells_file, sft_dir, tmp_pat
     assert (busy / "notes.txt").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))  # refusals write nothing
     assert ad.read_h5ad(cells_file).n_obs == 24
+
+
+def test_interrupted_adaptation_resumes(cells_file, sft_dir, tmp_path, monkeypatch):
+    """Ctrl-C during GRPO: the tasks folder and diagnostics are kept, --resume trains on and finishes."""
+    import cellduality.training.grpo as grpo
+    from cellduality.adaptation import adapt
+
+    settings = GRPOSettings(num_generations=4, max_completion_length=12, dual_max_new_tokens=12, save_steps=50)
+    real = grpo.run_grpo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grpo, "run_grpo", interrupted)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        adapt(str(cells_file), sft_dir, out, steps=1, settings=settings, diagnose_cells=4, echo=None)
+    kept = (out / "diagnostics.json").read_text()
+    assert (out / "tasks" / "rl").is_dir() and not (out / "adapt.json").exists()
+    with pytest.raises(CellDualityError, match="pass --resume"):
+        adapt(str(cells_file), sft_dir, out, steps=1, settings=settings, diagnose_cells=4, echo=None)
+    monkeypatch.setattr(grpo, "run_grpo", real)
+    summary = adapt(str(cells_file), sft_dir, out, steps=1, settings=settings, diagnose_cells=4, echo=None,
+                    resume=True)
+    assert summary["budget"]["steps_run"] == 1 and (out / "diagnostics.json").read_text() == kept
