@@ -13,7 +13,7 @@ from cellduality.inference.model import CellDualityModel
 from cellduality.models.candidates import score_candidates
 from cellduality.models.generation import RequireReasoning
 from cellduality.models.scoring import score_continuations
-from cellduality.tasks.base import format_response
+from cellduality.tasks.base import direct_prompt, format_response
 from test_inference import pbmc_task  # noqa: F401  (fixture: pbmc68k cells + annotation task)
 
 
@@ -67,7 +67,8 @@ def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(t
     mdl, prompts = tiny_model
     task = mdl.task("annotation")
     prefix, lead, tail = answer_split("")
-    ref = _reference(mdl, prompts[:12], [prefix] * 12, [f"{lead}{lb}{tail}" for lb in task.context.labels])
+    direct = [direct_prompt(p) for p in prompts[:12]]  # the answer-only form has its own prompt
+    ref = _reference(mdl, direct, [prefix] * 12, [f"{lead}{lb}{tail}" for lb in task.context.labels])
     result = classify_fast(task, mdl, prompts[:12], direct=True, explain_least_confident=3, max_new_tokens=24)
     assert result.explained.sum() == 3 and result.info["explained"] == 3
     fast = ~result.explained

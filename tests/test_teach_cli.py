@@ -12,6 +12,7 @@ from datasets import load_from_disk
 
 from cellduality.cli.main import main
 from cellduality.tasks import build_task_datasets, load_tasks
+from cellduality.tasks.base import direct_prompt
 from cellduality.tasks.builders import load_task_datasets
 from cellduality.teacher import TeachConfig, build_sft
 from cellduality.teacher.offline import OfflineTeacher
@@ -57,12 +58,13 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     # each kept dual prompt also has its direct answer (what the likelihood reward scores), nothing else
     assert direct and all(r["completion"].startswith("<think>  </think> <answer> ") for r in direct)
     assert sorted(r["id"] for r in direct) == sorted(r["id"] for r in rows if r["direction"] == "dual")
-    assert [r["prompt"] for r in direct] == [r["prompt"] for r in rows if r["direction"] == "dual"]
+    # ... asked for by its own prompt, so plain prompts keep asking for reasoning
+    assert [r["prompt"] for r in direct] == [direct_prompt(r["prompt"]) for r in rows if r["direction"] == "dual"]
     # each kept primal row of a classification task also has its answer-only form (fast annotation)
     answer_only = [r for r in rows if r["direction"] == "primal_direct"]
     kept_annotation = [r for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
     assert [r["id"] for r in answer_only] == [r["id"] for r in kept_annotation]
-    assert [r["prompt"] for r in answer_only] == [r["prompt"] for r in kept_annotation]
+    assert [r["prompt"] for r in answer_only] == [direct_prompt(r["prompt"]) for r in kept_annotation]
     assert all(r["completion"] == f"<think>  </think> <answer> {primal[r['id']]['answer']} </answer>"
                for r in answer_only)
     for row in rows:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellduality.tasks.base import Task, extract_reasoning, format_response
+from cellduality.tasks.base import Task, direct_prompt, extract_reasoning, format_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.inference.model import CellDualityModel
@@ -91,6 +91,8 @@ def rank_labels(task: Task, mdl: CellDualityModel, prompts: Sequence[str], reaso
     if not labels:
         raise ValueError(f"{task.name} has no candidate answers; fast ranking serves classification tasks only")
     reasonings = list(reasonings) if reasonings is not None else [""] * len(prompts)
+    # without a reasoning, the answer-only form is asked for by its own prompt (tasks.base.direct_prompt)
+    prompts = [p if r.strip() else direct_prompt(p) for p, r in zip(prompts, reasonings, strict=True)]
     splits = [answer_split(r) for r in reasonings]
     lead, tail = splits[0][1], splits[0][2]
     done = 0

@@ -51,6 +51,20 @@ def format_response(reasoning: str, answer: str) -> str:
     return f"<think> {reasoning.strip()} </think> <answer> {answer.strip()} </answer>"
 
 
+DIRECT_INSTRUCTION = "Answer directly, with an empty <think></think>."
+
+
+def direct_prompt(prompt: str) -> str:
+    """The prompt that asks for the answer alone (``<think>  </think> <answer> … </answer>``).
+
+    SFT teaches this form on its own prompt (``teach`` options ``direct_primal``/``direct_dual``),
+    so likelihood scoring -- the duality reward, fast annotation -- can read the model's belief
+    about an answer in one forward pass, while the plain prompt keeps asking for reasoning: GRPO
+    rollouts, evaluation and ``--explain`` never drift into answer-only replies.
+    """
+    return f"{prompt}\n{DIRECT_INSTRUCTION}"
+
+
 def extract_answer(text: Any) -> str | None:
     """Return the stripped content of the single ``<answer>`` block, or ``None``.
 
@@ -245,7 +259,8 @@ class Task(ABC):
         return []
 
     def dual_target(self, unknown: Unknown) -> str:
-        """The dual response that states ``x_u`` directly (empty reasoning), for teacher forcing."""
+        """The dual response that states ``x_u`` directly (empty reasoning), for teacher forcing
+        after :func:`direct_prompt` of the dual prompt."""
         return format_response("", self.render_unknown(unknown))
 
     def likelihood_queries(self, answer: Answer, known: Known, unknown: Unknown, seed: int) -> LikelihoodQuery:
@@ -265,9 +280,9 @@ class Task(ABC):
             if mine not in keys:
                 raise ValueError(f"{self.name}: answer {mine!r} is not among the candidates {keys}")
             target = self.dual_target(unknown)
-            return LikelihoodQuery([self.dual_prompt(a, known, seed) for a in answers], [target] * len(answers),
-                                   keys.index(mine))
-        prompt = self.dual_prompt(answer, known, seed)
+            return LikelihoodQuery([direct_prompt(self.dual_prompt(a, known, seed)) for a in answers],
+                                   [target] * len(answers), keys.index(mine))
+        prompt = direct_prompt(self.dual_prompt(answer, known, seed))
         options = self.unknown_candidates(unknown)
         if options:
             truth = [i for i, u in enumerate(options) if self.distance(unknown, u) == 0.0]
