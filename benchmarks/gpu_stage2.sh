@@ -6,7 +6,11 @@
 # the checkout. Many small models share the GPU as parallel processes (JOBS). Results and logs go
 # to $OUT as each evaluation finishes, so a run cut off at its limit still returns what it finished.
 #
-#   GRPO_CONFIG=configs/grpo.yaml SEEDS="0 1 2" JOBS=14 LIMIT=420 bash benchmarks/gpu_stage2.sh
+#   GRPO_CONFIGS="a=configs/stage2/grpo_lr5e-5.yaml b=configs/stage2/grpo_lr2e-4.yaml" SEEDS="0 1 2" \
+#     JOBS=16 LIMIT=420 bash benchmarks/gpu_stage2.sh
+# Identity tasks (pbmc68k, Kang 2018: annotation + generation) run every recipe of GRPO_CONFIGS over
+# SEEDS (choose on validation); the dynamics tasks (A375 sensitivity, Kang perturbation) run the
+# first recipe once (seed 0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_stage2_out}"
@@ -14,9 +18,12 @@ WORK="${WORK:-${TMPDIR:-/tmp}/cellduality_stage2}"
 SEEDS="${SEEDS:-0 1 2}"
 JOBS="${JOBS:-14}"
 LIMIT="${LIMIT:-420}"
-GRPO_CONFIG="${GRPO_CONFIG:-configs/grpo.yaml}"
+GRPO_CONFIGS="${GRPO_CONFIGS:-default=configs/grpo.yaml}"
+RECIPES=()
+for c in $GRPO_CONFIGS; do RECIPES+=(--grpo-config "$c"); done
+FIRST="${GRPO_CONFIGS%% *}"
 mkdir -p "$OUT"
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "${TMPDIR:-/tmp}/site" .whl/*.whl
   export PYTHONPATH="${TMPDIR:-/tmp}/site:$PWD/src"
 fi
@@ -26,12 +33,12 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELI
 python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$OUT/machine.txt" 2>&1
 # shellcheck disable=SC2086
 python3 benchmarks/stage2_protocol.py --out "$WORK/identity" --results "$OUT/identity" \
-  --dataset pbmc68k_reduced --dataset kang2018 --seeds $SEEDS --grpo-config "$GRPO_CONFIG" \
-  --jobs "$JOBS" --time-limit "$LIMIT" > "$OUT/identity.log" 2>&1 &
+  --dataset pbmc68k_reduced --dataset kang2018 --seeds $SEEDS "${RECIPES[@]}" --diagnose likelihood paper \
+  --jobs "$JOBS" --time-limit "$LIMIT" ${EXTRA_ARGS:-} > "$OUT/identity.log" 2>&1 &
 if [ -n "${DYNAMICS:-1}" ] && [ "${DYNAMICS:-1}" != 0 ]; then
   python3 benchmarks/stage2_protocol.py --out "$WORK/dynamics" --results "$OUT/dynamics" \
-    --dataset a375_plx4720 --dataset kang2018_perturbation --seeds 0 --grpo-config "$GRPO_CONFIG" \
-    --jobs 3 --time-limit "$LIMIT" > "$OUT/dynamics.log" 2>&1 &
+    --dataset a375_plx4720 --dataset kang2018_perturbation --seeds 0 --grpo-config "$FIRST" \
+    --jobs 3 --time-limit "$LIMIT" ${EXTRA_ARGS:-} > "$OUT/dynamics.log" 2>&1 &
 fi
 wait
 date >> "$OUT/machine.txt"

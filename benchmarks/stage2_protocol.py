@@ -39,7 +39,6 @@ DATASETS: dict[str, dict[str, list[str]]] = {
                               "tasks": ["--task", "perturbation"]},
     "a375_plx4720": {"sentences": [], "tasks": ["--task", "sensitivity"]},
 }
-METHODS = ("sft", "sft_extra", "duality", "oracle")
 
 
 @dataclass
@@ -82,23 +81,21 @@ def plan(args: argparse.Namespace) -> list[Job]:
             extra_cfg.write_text(json.dumps({"model": str(models / "sft"), "epochs": args.extra_epochs,
                                              "learning_rate": args.sft_lr / 4, "batch_size": 16, "seed": seed,
                                              "save_steps": 100000}))
-            grpo_cfg = run / "grpo.yaml"
-            shutil.copy(args.grpo_config, grpo_cfg)
-            with grpo_cfg.open("a") as f:
-                f.write(f"\nseed: {seed}\n")
             sft = f"{name}/{seed}/sft"
             jobs.append(Job(sft, cli("sft", base / "sft_data", models / "sft", "--config", sft_cfg), [prep]))
-            trained = {
+            trained: dict[str, tuple[str, list[str] | None]] = {
                 "sft": (sft, None),
                 "sft_extra": (f"{name}/{seed}/sft_extra",
                               cli("sft", base / "sft_data", models / "sft_extra", "--config", extra_cfg)),
-                "duality": (f"{name}/{seed}/duality",
-                            cli("grpo", base / "tasks", models / "duality", "--sft-model", models / "sft",
-                                "--config", grpo_cfg, "--reward", "duality")),
-                "oracle": (f"{name}/{seed}/oracle",
-                           cli("grpo", base / "tasks", models / "oracle", "--sft-model", models / "sft",
-                               "--config", grpo_cfg, "--reward", "ground-truth")),
             }
+            for recipe, config in args.grpo_config.items():
+                grpo_cfg = run / f"grpo_{recipe}.yaml"
+                grpo_cfg.write_text(config.read_text() + f"\nseed: {seed}\n")
+                for method, reward in (("duality", "duality"), ("oracle", "ground-truth")):
+                    key = method if recipe == "default" else f"{method}_{recipe}"
+                    trained[key] = (f"{name}/{seed}/{key}",
+                                    cli("grpo", base / "tasks", models / key, "--sft-model", models / "sft",
+                                        "--config", grpo_cfg, "--reward", reward))
             for method, (job_name, argv) in trained.items():
                 if argv is not None:
                     jobs.append(Job(job_name, argv, [sft]))
@@ -110,14 +107,17 @@ def plan(args: argparse.Namespace) -> list[Job]:
                                         "--max-new-tokens", args.max_new_tokens),
                                     [job_name], (folder / "metrics.json",
                                                  results / name / f"seed{seed}" / f"{method}_{split}.json")))
-            for method in ("duality", "oracle"):
+            for method in (m for m in trained if m.startswith(("duality", "oracle"))):
                 metrics = models / method / "metrics.json"
                 jobs.append(Job(f"{name}/{seed}/{method}/train_metrics", ["true"], [f"{name}/{seed}/{method}"],
                                 (metrics, results / name / f"seed{seed}" / f"{method}_train.json")))
-            jobs.append(Job(f"{name}/{seed}/diagnose", cli(
-                "diagnose", models / "sft", base / "tasks", "--split", "validation", "--max-examples",
-                args.diagnose_examples, "--out", run / "diagnose.json"), [sft],
-                (run / "diagnose.json", results / name / f"seed{seed}" / "diagnose.json")))
+            for reward in args.diagnose:
+                suffix = "" if reward == "likelihood" else f"_{reward}"
+                report = run / f"diagnose{suffix}.json"
+                jobs.append(Job(f"{name}/{seed}/diagnose{suffix}", cli(
+                    "diagnose", models / "sft", base / "tasks", "--split", "validation", "--reward", reward,
+                    "--max-examples", args.diagnose_examples, "--out", report), [sft],
+                    (report, results / name / f"seed{seed}" / report.name)))
     return jobs
 
 
@@ -177,7 +177,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="where results and logs are copied (default OUT/results)")
     parser.add_argument("--dataset", action="append", choices=sorted(DATASETS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--grpo-config", type=Path, required=True)
+    parser.add_argument("--grpo-config", action="append", required=True,
+                        help="GRPO settings YAML, or NAME=YAML (repeatable: recipes to choose from on validation)")
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--extra-epochs", type=float, default=1.0)
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--diagnose-examples", type=int, default=100)
+    parser.add_argument("--diagnose", nargs="*", default=["likelihood"], choices=["likelihood", "paper"],
+                        help="duality rewards to diagnose on the SFT model (validation split)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--time-limit", type=float, default=1e9, help="seconds; no job starts after it")
     args = parser.parse_args()
@@ -195,6 +198,8 @@ def main() -> None:
         sys.exit(f"{args.out} is not empty; choose a new folder.")
     args.out.mkdir(parents=True, exist_ok=True)
     args.results = args.results or args.out / "results"
+    args.grpo_config = dict(
+        (c.split("=", 1)[0], Path(c.split("=", 1)[1])) if "=" in c else ("default", Path(c)) for c in args.grpo_config)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     jobs = plan(args)
     start = time.time()

@@ -21,14 +21,16 @@ from typing import Any
 METRICS = {"classification": ("accuracy", "macro_f1", "faithful_cell_claims"),
            "generative": ("knn@10", "gw", "valid_rate")}
 PRIMARY = {"classification": "accuracy", "generative": "knn@10"}
-METHODS = ("sft", "sft_extra", "best_sft", "duality", "oracle")
+BASELINES = ("sft", "sft_extra", "best_sft")
 
 
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _mean_std(values: list[float]) -> tuple[float, float] | None:
+def _mean_std(values: list[float] | dict[str, float]) -> tuple[float, float] | None:
+    """Mean ± sample std of the finite values (a dict: one value per seed)."""
+    values = list(values.values()) if isinstance(values, dict) else values
     values = [v for v in values if v is not None and v == v]
     if not values:
         return None
@@ -44,24 +46,29 @@ def collect(root: Path) -> dict[str, Any]:
         seeds = sorted(p for p in dataset_dir.iterdir() if p.is_dir())
         for seed_dir in seeds:
             for split in ("validation", "test"):
-                runs = {m: _load(seed_dir / f"{m}_{split}.json") for m in ("sft", "sft_extra", "duality", "oracle")}
-                for task in (runs["sft"] or {}):
+                names = sorted({f.name[: -len(f"_{split}.json")] for f in seed_dir.glob(f"*_{split}.json")})
+                runs = {m: _load(seed_dir / f"{m}_{split}.json") for m in names}
+                for task in (runs.get("sft") or {}):
                     kind = "classification" if "accuracy" in runs["sft"][task] else "generative"
                     entry = tasks.setdefault(task, {"kind": kind, "seeds": set(), "splits": {}})
                     entry["seeds"].add(seed_dir.name)
-                    per_method = entry["splits"].setdefault(split, {m: {} for m in METHODS})
+                    per_method = entry["splits"].setdefault(split, {m: {} for m in BASELINES})
                     for method, metrics in runs.items():
+                        per_method.setdefault(method, {})
                         for metric in METRICS[kind]:
                             value = (metrics or {}).get(task, {}).get(metric)
-                            per_method[method].setdefault(metric, []).append(value)
-            diag = _load(seed_dir / "diagnose.json")
-            for task, figures in ((diag or {}).get("tasks") or {}).items():
-                d = tasks.setdefault(task, {"kind": figures.get("kind"), "seeds": set(), "splits": {}})
-                for key in ("right_vs_wrong_auc", "own_answer_auc", "own_answer_spearman", "zero_spread_share"):
-                    if figures.get(key) is not None:
-                        d.setdefault("diagnostics", {}).setdefault(key, []).append(figures[key])
-            for method in ("duality", "oracle"):
-                train = _load(seed_dir / f"{method}_train.json")
+                            per_method[method].setdefault(metric, {})[seed_dir.name] = value
+            for diag_file in sorted(seed_dir.glob("diagnose*.json")):
+                diag = _load(diag_file)
+                for task, figures in ((diag or {}).get("tasks") or {}).items():
+                    d = tasks.setdefault(task, {"kind": figures.get("kind"), "seeds": set(), "splits": {}})
+                    for key in ("right_vs_wrong_auc", "own_answer_auc", "own_answer_spearman", "zero_spread_share"):
+                        if figures.get(key) is not None:
+                            d.setdefault("diagnostics", {}).setdefault(diag["reward"], {}).setdefault(
+                                key, []).append(figures[key])
+            for train_file in sorted(seed_dir.glob("*_train.json")):
+                method = train_file.name[: -len("_train.json")]
+                train = _load(train_file)
                 if train:
                     zero = [h.get("frac_reward_zero_std") for h in train["history"] if "frac_reward_zero_std" in h]
                     for task in tasks:
@@ -80,16 +87,13 @@ def _best_sft(tasks: dict[str, Any]) -> None:
         val = entry["splits"].get("validation")
         if primary is None or val is None:
             continue
-        choose_extra = [
-            (b or float("-inf")) > (a or float("-inf"))
-            for a, b in zip(val["sft"][primary], val["sft_extra"][primary], strict=True)
-        ]
+        plain, extra = val["sft"].get(primary, {}), val["sft_extra"].get(primary, {})
+        pick = {seed: "sft_extra" if extra.get(seed) is not None and (plain.get(seed) is None or extra[seed] > plain[seed])
+                else "sft" for seed in set(plain) | set(extra)}
         for split_values in entry["splits"].values():
-            for metric in split_values["sft"]:
-                split_values["best_sft"][metric] = [
-                    e if pick else s for s, e, pick in
-                    zip(split_values["sft"][metric], split_values["sft_extra"][metric], choose_extra, strict=False)
-                ]
+            for metric in set(split_values["sft"]) | set(split_values["sft_extra"]):
+                split_values["best_sft"][metric] = {
+                    seed: split_values[method].get(metric, {}).get(seed) for seed, method in pick.items()}
 
 
 def _fmt(pair: tuple[float, float] | None, pct: bool) -> str:
@@ -99,10 +103,18 @@ def _fmt(pair: tuple[float, float] | None, pct: bool) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.3f} ± {std:.3f}"
 
 
-def gap_closed(split: dict[str, Any], metric: str) -> tuple[float, float] | None:
+def recipes(split: dict[str, Any]) -> list[str]:
+    """Recipe suffixes present: '' for ``duality``/``oracle``, 'NAME' for ``duality_NAME``."""
+    return sorted({m[len("duality"):].lstrip("_") for m in split if m.startswith("duality")})
+
+
+def gap_closed(split: dict[str, Any], metric: str, recipe: str = "") -> tuple[float, float] | None:
     """Mean over seeds of (duality - best SFT) / (oracle - best SFT), where the oracle improved."""
+    suffix = f"_{recipe}" if recipe else ""
+    base, dual, oracle = (split.get(m, {}).get(metric, {}) for m in ("best_sft", f"duality{suffix}", f"oracle{suffix}"))
     values = []
-    for s, d, o in zip(split["best_sft"][metric], split["duality"][metric], split["oracle"][metric], strict=False):
+    for seed in base:
+        s, d, o = base.get(seed), dual.get(seed), oracle.get(seed)
         if None in (s, d, o) or o - s <= 0:
             continue
         values.append((d - s) / (o - s))
@@ -124,14 +136,16 @@ def markdown(results: dict[str, Any]) -> str:
                 metrics = METRICS[kind]
                 lines.append(f"{split} | " + " | ".join(metrics))
                 lines.append("---|" + "|".join("---" for _ in metrics))
-                for method in METHODS:
-                    cells = [_fmt(_mean_std(values[method].get(m, [])), pct=m != "gw") for m in metrics]
+                for method in values:
+                    cells = [_fmt(_mean_std(values[method].get(m, {})), pct=m != "gw") for m in metrics]
                     lines.append(f"{method} | " + " | ".join(cells))
                 primary = PRIMARY[kind]
-                lines.append(f"\ngap closed ({split}, {primary}): {_fmt(gap_closed(values, primary), pct=True)}\n")
-            diag = entry.get("diagnostics")
-            if diag:
-                lines.append("SFT model reward diagnostics (validation): " + ", ".join(
+                for recipe in recipes(values):
+                    gap = _fmt(gap_closed(values, primary, recipe), pct=True)
+                    lines.append(f"\ngap closed ({split}, {primary}{', recipe ' + recipe if recipe else ''}): {gap}")
+                lines.append("")
+            for reward, diag in (entry.get("diagnostics") or {}).items():
+                lines.append(f"SFT model, '{reward}' duality reward diagnostics (validation): " + ", ".join(
                     f"{k} {_fmt(_mean_std(v), pct=False)}" for k, v in diag.items()))
             grpo = entry.get("grpo")
             if grpo:
