@@ -52,6 +52,8 @@ def prepare(pair: str, out: Path, data_dir: Path, test_fraction: float = 0.5) ->
     """Write A_train / A_test (80/20) and B_pool (labels dropped) / B_pool_labelled / B_test (seed 0)."""
     import anndata as ad
 
+    if "allow_write_nullable_strings" in dir(ad.settings):  # pandas 3 strings (anndata >= 0.12)
+        ad.settings.allow_write_nullable_strings = True
     spec = PAIRS[pair]
     adata = ad.read_h5ad(data_dir / spec["file"])
     adata.obs_names_make_unique()
@@ -94,12 +96,13 @@ def oracle_tasks(model: Path, labelled: Path, label_key: str, out: Path, seed: i
 def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_size: int = 64) -> None:
     """Greedy annotation accuracy / macro-F1 of ``model`` on labelled cells (prompts as ``adapt`` builds them)."""
     import anndata as ad
+    import torch
     from sklearn.metrics import accuracy_score, f1_score
 
     from cellduality.adaptation.rows import build_rows
     from cellduality.inference.model import CellDualityModel
 
-    mdl = CellDualityModel.load(model)
+    mdl = CellDualityModel.load(model, device="cuda" if torch.cuda.is_available() else None)
     cells = ad.read_h5ad(cells_path)
     task = mdl.task("annotation")
     examples = build_rows(cells, {"annotation": task}, seed=0, min_overlap=0.0).examples["annotation"]
