@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--dual-tokens", type=int, default=64, help="max new tokens of a dual answer")
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--no-force-dual", dest="force", action="store_false")
+    parser.add_argument("--dual-reward", choices=("likelihood", "paper"), default="likelihood",
+                        help="likelihood: one teacher-forced pass (default); paper: generated dual answers")
     args = parser.parse_args()
 
     from cellduality.models import count_parameters, load_model
@@ -102,6 +104,7 @@ def main() -> None:
         settings = GRPOSettings(num_generations=args.generations, prompts_per_step=args.prompts,
                                 max_steps=args.steps + 1, max_completion_length=args.tokens,
                                 dual_max_new_tokens=args.dual_tokens, beta=args.beta, learning_rate=1e-5,
+                                dual_reward=args.dual_reward,
                                 save_steps=10_000)
         start = time.perf_counter()
         metrics = run_grpo(tasks, root / "out", sft, settings)
@@ -112,7 +115,7 @@ def main() -> None:
     print(json.dumps({
         "preset": args.preset, "parameters": params, "G": args.generations, "prompts_per_step": args.prompts,
         "completion_tokens": args.tokens, "dual_tokens": args.dual_tokens, "beta": args.beta,
-        "forced_dual": args.force, "steps_timed": timed["steps_timed"],
+        "forced_dual": args.force, "dual_reward": args.dual_reward, "steps_timed": timed["steps_timed"],
         "seconds_per_step": round(timed["seconds_per_step"], 3),
         "reward_time_fraction": round(timed["reward_time_fraction"], 3),
         "fractions": {k: round(v, 3) for k, v in timed["fraction"].items()},
@@ -121,7 +124,7 @@ def main() -> None:
         "run_seconds_including_setup": round(total, 1),
     }, indent=1))
     print(f"{timed['seconds_per_step']:.2f} s/step; duality reward {timed['reward_time_fraction']:.1%} of step wall "
-          f"time (dual generation {timed['fraction']['dual_generation']:.1%}, rollouts "
+          f"time (dual pass [{args.dual_reward}] {timed['fraction']['dual_generation']:.1%}, rollouts "
           f"{timed['fraction']['rollout_generation']:.1%}) -- contended shared CPU, compare ratios not seconds")
 
 

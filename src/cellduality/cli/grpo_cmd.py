@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
 
         from cellduality.config import load_config, parse_assignments
         from cellduality.errors import ConfigError
+        from cellduality.training.common import is_main_process
         from cellduality.training.grpo import GRPOSettings, run_grpo
         from cellduality.training.grpo import dry_run as do_dry_run
 
@@ -44,8 +45,12 @@ def register(app: typer.Typer) -> None:
             return
         if sft_model is None:
             raise ConfigError("Missing --sft-model; pass the folder written by `cellduality sft`.")
-        console.print(f"[bold]GRPO[/] ({settings.reward} reward) from {sft_model} -> {out_dir}")
+        main = is_main_process()  # under torchrun/accelerate only rank 0 reports
+        if main:
+            console.print(f"[bold]GRPO[/] ({settings.reward} reward) from {sft_model} -> {out_dir}")
         metrics = run_grpo(rl_dir, out_dir, sft_model, settings, resume=resume)
+        if not main:
+            return
         history = metrics["history"]
         first, last = (history[0]["reward"], history[-1]["reward"]) if history else (float("nan"),) * 2
         timing = metrics["timing"]

@@ -10,12 +10,18 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 # OpenMP threads that spin while waiting make torch many times slower when the 2-4 cores of a
 # laptop or CI runner are shared (measured in benchmarks/bench_sft.py); passive waiting costs
 # nothing on an idle machine. Set before torch is imported by any command.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Third-party progress bars (datasets' map/filter/save bars inside TRL, transformers' "Loading
+# weights" / "Writing model shards") flood the log; our commands draw one rich line per long stage
+# instead. Both libraries read these at import time, so they are set before any is imported.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import typer
 from rich.console import Console
@@ -67,6 +73,9 @@ def version() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one red line and exit code 2."""
     err = Console(stderr=True)
+    # transformers' own renames (gradient_checkpointing -> activation_checkpointing, ...) are for its
+    # callers to fix, not for a user to read at every run.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         # standalone mode: typer/click print usage errors themselves (exit 2).
         app(args=argv, standalone_mode=True)

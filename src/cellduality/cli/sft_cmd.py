@@ -32,11 +32,14 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from cellduality.config import load_config, parse_assignments
+        from cellduality.training.common import is_main_process
         from cellduality.training.sft import SFTSettings, run_sft
 
         flags = {"model": model, "lora": lora, "max_steps": max_steps, "epochs": epochs}
         settings = load_config(SFTSettings, config, **{**parse_assignments(set_), **flags})
         summary = run_sft(sft_dir, out_dir, settings, resume=resume)
+        if not is_main_process():  # under torchrun/accelerate only rank 0 reports
+            return
         console = Console()
         if summary.get("rows_over_max_length"):
             console.print(f"[yellow]Note[/]: {summary['rows_over_max_length']} training rows were longer than "

@@ -32,6 +32,12 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # --------------------------------------------------------------------------------------------
 
 
+def is_main_process() -> bool:
+    """True on the process that prints, writes files and shows progress (rank 0; the only one
+    without a launcher). ``torchrun`` and ``accelerate launch`` set ``RANK`` for every process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cuda_available() -> bool:
     import torch
 
