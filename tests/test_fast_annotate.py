@@ -14,6 +14,7 @@ from cellduality.models.candidates import score_candidates
 from cellduality.models.generation import RequireReasoning
 from cellduality.models.scoring import score_continuations
 from cellduality.tasks.base import direct_prompt, format_response
+from test_grpo import sft_dir, tasks_dir  # noqa: F401  (fixtures: tiny task folder and tiny model)
 from test_inference import pbmc_task  # noqa: F401  (fixture: pbmc68k cells + annotation task)
 
 
@@ -158,3 +159,18 @@ def test_cli_fast_annotate_writes_labels_and_confidence(tiny_model, pbmc_small, 
     assert out.obs["cellduality_confidence"].between(0, 1).all() and out.obs["cellduality_explained"].all()
     assert "answer-only" in captured.out  # this random model was not taught the answer-only rows: it generates
     assert "Loading weights" not in captured.out + captured.err  # third-party bars are silenced by the CLI
+
+
+def test_evaluate_fast_labels_answers_classification_by_ranking(sft_dir, tasks_dir, tmp_path, capsys):  # noqa: F811
+    import pandas as pd
+
+    from cellduality.evaluation.evaluate import evaluate_model
+    from cellduality.tasks import load_tasks
+
+    results = evaluate_model(sft_dir, tasks_dir, tmp_path / "eval", tasks=["annotation"], max_examples=6,
+                             baselines=False, reward_validity=False, max_new_tokens=8, fast_labels=True)
+    table = pd.read_csv(tmp_path / "eval" / "predictions_annotation.csv", keep_default_na=False)
+    labels = set(load_tasks(tasks_dir)["annotation"].context.labels)
+    assert len(table) == 6 and set(table["parsed"]) <= labels  # every answer is a valid label, none unparsed
+    assert 0 <= results["annotation"]["accuracy"] <= 1
+    assert "answer-only" in capsys.readouterr().err  # an untaught model says why it generates instead

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                              help="Measure how well the duality reward separates right from wrong."),
         overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality evaluate` output."),
         split: str = typer.Option("test", help="Split to evaluate: test, or validation (to choose checkpoints)."),
+        fast_labels: bool = typer.Option(False, "--fast-labels", help="Classification tasks: rank the labels by "
+                                         "likelihood (no reasoning written; fast) instead of generating answers."),
     ) -> None:
         """Evaluate a model on the test split: paper metrics, baselines, Markdown report and plots."""
         from rich.console import Console
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
         results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
                                  tasks=task or None, baselines=baselines, reward_validity=reward_validity,
-                                 overwrite=True, split=split)
+                                 overwrite=True, split=split, fast_labels=fast_labels)
         console = Console()
         for name, metrics in results.items():
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)

@@ -70,12 +70,26 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _quiet_imported_libraries() -> None:
+    """The progress-bar switches of libraries imported before this module (the environment
+    variables above only reach imports that come after it, e.g. when embedded in Python)."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one red line and exit code 2."""
     err = Console(stderr=True)
     # transformers' own renames (gradient_checkpointing -> activation_checkpointing, ...) are for its
     # callers to fix, not for a user to read at every run.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    _quiet_imported_libraries()
     try:
         # standalone mode: typer/click print usage errors themselves (exit 2).
         app(args=argv, standalone_mode=True)

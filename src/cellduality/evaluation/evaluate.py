@@ -55,6 +55,7 @@ def evaluate_model(
     reward_validity: bool = True,
     overwrite: bool = True,
     split: str = "test",
+    fast_labels: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the model in ``model_dir`` on ``split`` (default ``test``) of ``tasks_dir``; returns metrics.json.
 
@@ -76,8 +77,10 @@ def evaluate_model(
     results = evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
                                 embedding=embedding, baselines=baselines, reward_validity=reward_validity,
                                 batch_size=batch_size, overwrite=overwrite, split=split,
+                                label_fn=fast_label_fn(model_dir, model, tokenizer, tasks_dir) if fast_labels else None,
                                 run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
-                                          "temperature": temperature, "max_new_tokens": max_new_tokens})
+                                          "temperature": temperature, "max_new_tokens": max_new_tokens,
+                                          "fast_labels": fast_labels})
     from cellduality.models.card import evaluation_section, update_model_card
 
     # the model card's figures (only its evaluation section; the model's files are not touched)
@@ -100,8 +103,10 @@ def evaluate_generate(
     overwrite: bool = True,
     run_info: dict[str, Any] | None = None,
     split: str = "test",
+    label_fn: Callable[[Any, list[str]], list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The model-agnostic core of :func:`evaluate_model` (``generate`` answers the prompts)."""
+    """The model-agnostic core of :func:`evaluate_model` (``generate`` answers the prompts;
+    ``label_fn(task, prompts)``, when given, answers those of classification tasks instead)."""
     from cellduality.evaluation import plots
     from cellduality.evaluation.reports import write_task_report
     from cellduality.tasks import load_tasks
@@ -125,7 +130,8 @@ def evaluate_generate(
             test = load_rows(tasks_dir, name, split, max_examples, seed)
             if not len(test):
                 continue
-            outputs = _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
+            outputs = label_fn(task, test.prompts) if label_fn is not None and task.kind == "classification" \
+                else _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
             parsed = [task.parse_primal(o) for o in outputs]  # parsers never raise: one that does is a bug
             table = {"id": test.ids, "prompt": test.prompts, "output": outputs,
                      "parsed": [_text(task, p) for p in parsed], "target": [_text(task, t) for t in test.targets]}
@@ -156,6 +162,31 @@ def evaluate_generate(
                                                   "max_examples": max_examples, **(run_info or {})}, indent=1))
         write_task_report(results, tmp, baselines=base)
     return results
+
+
+def fast_label_fn(model_dir: str | Path, model: Any, tokenizer: Any,
+                  tasks_dir: str | Path) -> Callable[[Any, list[str]], list[str]]:
+    """Classification answers by likelihood ranking (:mod:`cellduality.inference.fast`), as responses.
+
+    The label comes without reasoning (``<think>  </think>``), so the faithfulness figures of such
+    a run are empty; a model never taught the answer-only form is explained instead (one warning).
+    """
+    from rich.console import Console
+
+    from cellduality.inference.fast import classify_fast
+    from cellduality.inference.model import CellDualityModel
+    from cellduality.tasks import load_tasks
+    from cellduality.tasks.base import format_response
+
+    mdl = CellDualityModel(path=Path(model_dir), model=model, tokenizer=tokenizer, info={}, tasks=load_tasks(tasks_dir))
+    console = Console(stderr=True)
+
+    def answer(task: Any, prompts: list[str]) -> list[str]:
+        result = classify_fast(task, mdl, prompts, warn=lambda line: console.print(f"[yellow]Warning:[/] {line}"))
+        return [format_response(r, task.render_answer(label)) for r, label in zip(result.reasoning, result.labels,
+                                                                                  strict=True)]
+
+    return answer
 
 
 def _generate_all(generate: GenerateFn, prompts: list[str], batch_size: int, label: str) -> list[str]:
