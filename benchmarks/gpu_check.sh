@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Speed check of the whole method on an offline one-GPU machine (issue #15), within ~8 minutes:
+# Kang 2018 sentences -> tasks (annotation + generation) -> offline teacher -> SFT `base` ->
+# GRPO with the duality reward (likelihood) and with the oracle -> evaluate (annotation) ->
+# annotate (fast path). Prints SFT tokens/s, GRPO s/step with its breakdown, evaluation
+# examples/s and annotate cells/s; each stage's metrics are copied into $OUT as soon as they exist,
+# so a run cut off at its limit still returns what it finished.
+#
+# Follows ../shared/GPU.md: wheels the machine lacks in .whl/, the Kang file in .gpudata/
+# (same layout as ../shared/data), both carried with the checkout; then
+#   bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/log.txt"
+# First stages on a CPU, with a tiny budget (about 2 minutes on 2 cores):
+#   PRESET=tiny SFT_EPOCHS=0.05 GRPO_STEPS=1 GRPO_G=4 GRPO_PROMPTS=2 GRPO_TOKENS=32 EVAL_N=8 \
+#     ANNOTATE_CELLS=200 REASONING_CELLS=8 FULL_CELLS=16 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu_check_out}"
+WORK="${WORK:-${TMPDIR:-/tmp}/cellduality_gpu_check}"
+PRESET="${PRESET:-base}"
+SFT_EPOCHS="${SFT_EPOCHS:-2}"
+GRPO_STEPS="${GRPO_STEPS:-6}"
+GRPO_G="${GRPO_G:-8}"
+GRPO_PROMPTS="${GRPO_PROMPTS:-8}"
+GRPO_TOKENS="${GRPO_TOKENS:-192}"
+EVAL_N="${EVAL_N:-200}"
+ANNOTATE_CELLS="${ANNOTATE_CELLS:-}"
+REASONING_CELLS="${REASONING_CELLS:-200}"
+FULL_CELLS="${FULL_CELLS:-500}"
+mkdir -p "$OUT"
+rm -rf "$WORK" && mkdir -p "$WORK"
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "${TMPDIR:-/tmp}/site" .whl/*.whl
+  export PYTHONPATH="${TMPDIR:-/tmp}/site:$PWD/src"
+fi
+export CELLDUALITY_DATA_DIR="${CELLDUALITY_DATA_DIR:-$PWD/.gpudata}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
+KANG="$CELLDUALITY_DATA_DIR/kang2018_pbmc_ifnb_scgen/kang2018_scgen_valid.h5ad"
+CD=(python3 -m cellduality.cli.main)
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc; date; } > "$OUT/machine.txt"
+python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+# stage NAME CMD...: run, time, log; a failed stage stops the script (later stages need its output)
+stage() {
+  local name=$1; shift
+  local t0; t0=$(date +%s.%N)
+  echo "== $name"
+  if ! "$@" > "$OUT/$name.log" 2>&1; then
+    echo "!! $name failed; last lines:"; tail -n 20 "$OUT/$name.log"; exit 1
+  fi
+  python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)" > "$OUT/$name.seconds"
+  echo "   $name: $(cat "$OUT/$name.seconds") s"
+}
+
+stage sentences "${CD[@]}" sentences kang2018 "$WORK/sentences"
+stage tasks "${CD[@]}" tasks build "$WORK/sentences" "$WORK/tasks" --task annotation --task generation \
+  --max-genes 24 --option annotation.n_hidden=6
+stage teach "${CD[@]}" teach "$WORK/tasks" "$WORK/sft_data" --n 4
+stage sft "${CD[@]}" sft "$WORK/sft_data" "$WORK/sft" --model "$PRESET" --epochs "$SFT_EPOCHS" --set batch_size=32
+cp "$WORK/sft/sft_summary.json" "$OUT/sft_summary.json"
+python3 - "$OUT/sft_summary.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"SFT: {s['tokens_seen'] / s['wall_seconds']:,.0f} tokens/s ({s['steps']} steps, {s['tokens_seen']:,} tokens "
+      f"in {s['wall_seconds']:.1f} s of training, {s['parameters'] / 1e6:.1f}M parameters)")
+EOF
+
+GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
+          --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
+for mode in duality ground-truth; do
+  stage "grpo_$mode" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" --sft-model "$WORK/sft" --reward "$mode" \
+    "${GRPO_SET[@]}"
+  cp "$WORK/grpo_$mode/metrics.json" "$OUT/grpo_${mode}_metrics.json"
+  python3 - "$OUT/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
+import json, sys
+m, mode, prompts, g = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
+t = m["timing"]
+parts = ", ".join(f"{k} {v:.0%}" for k, v in t["fraction"].items() if v >= 0.005)
+print(f"GRPO {mode} ({prompts} x G={g}): {t['seconds_per_step']:.2f} s/step, reward {m['reward_time_fraction']:.1%} "
+      f"of the step (first step included; {t.get('steps_timed', '?')} steps) -- {parts}")
+EOF
+done
+
+stage evaluate "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval" --task annotation \
+  --max-examples "$EVAL_N" --no-baselines --batch-size 64
+cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json"
+python3 - "$OUT/eval_metrics.json" "$OUT/evaluate.seconds" <<'EOF'
+import json, sys
+m, seconds = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read())
+n = m["annotation"].get("n", m["annotation"].get("examples"))
+acc = m["annotation"]["accuracy"]
+print(f"evaluate (annotation, generated answers, with start-up): {seconds:.1f} s"
+      + (f", {n / seconds:.1f} examples/s" if n else "") + f"; accuracy {acc:.3f}")
+EOF
+
+CELLS=()
+[ -n "$ANNOTATE_CELLS" ] && CELLS=(--cells "$ANNOTATE_CELLS")
+stage annotate python3 benchmarks/bench_annotate.py --model "$WORK/sft" --data "$KANG" "${CELLS[@]}" \
+  --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128
+grep -v "Warning" "$OUT/annotate.log" | tail -n 8
+date >> "$OUT/machine.txt"
