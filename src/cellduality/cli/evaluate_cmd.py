@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                              help="Measure how well the duality reward separates right from wrong."),
         overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `cellduality evaluate` output."),
         split: str = typer.Option("test", help="Split to evaluate: test, or validation (to choose checkpoints)."),
+        dual_reward: str = typer.Option("likelihood", "--dual-reward",
+                                        help="Duality reward whose validity is measured: likelihood or paper."),
         fast_labels: bool = typer.Option(False, "--fast-labels", help="Classification tasks: rank the labels by "
                                          "likelihood (no reasoning written; fast) instead of generating answers."),
     ) -> None:
@@ -38,6 +40,11 @@ def register(app: typer.Typer) -> None:
         from cellduality.outputs import check_output_dir
         from cellduality.validation import require_test_rows
 
+        if dual_reward not in ("likelihood", "paper"):
+            from cellduality.errors import CellDualityError
+
+            raise CellDualityError(f"--dual-reward must be likelihood or paper, not '{dual_reward}'.")
+
         # every check before the model is loaded: OUT never replaces the model, the tasks or a user's files
         check_output_dir(out_dir, "evaluate", inputs=[model_dir, tasks_dir], overwrite=overwrite)
         read_model_info(model_dir)
@@ -46,7 +53,7 @@ def register(app: typer.Typer) -> None:
         results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
                                  tasks=task or None, baselines=baselines, reward_validity=reward_validity,
-                                 overwrite=True, split=split, fast_labels=fast_labels)
+                                 overwrite=True, split=split, fast_labels=fast_labels, dual_reward=dual_reward)
         console = Console()
         for name, metrics in results.items():
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)

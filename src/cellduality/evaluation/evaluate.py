@@ -55,6 +55,7 @@ def evaluate_model(
     reward_validity: bool = True,
     overwrite: bool = True,
     split: str = "test",
+    dual_reward: str = "likelihood",
     fast_labels: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the model in ``model_dir`` on ``split`` (default ``test``) of ``tasks_dir``; returns metrics.json.
@@ -74,13 +75,19 @@ def evaluate_model(
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, batch_size=batch_size, seed=seed,
                                 genes=gene_vocabulary(load_tasks(tasks_dir)))
+    from cellduality.evaluation.reward_diagnostics import make_duality_reward
+
+    def reward_for(task_map: dict[str, Any]) -> Any:  # the duality reward GRPO would use, on this model
+        return make_duality_reward(task_map, dual_reward, model, tokenizer, dual_max_new_tokens=max_new_tokens)
+
     results = evaluate_generate(generate, tasks_dir, out_dir, seed=seed, max_examples=max_examples, tasks=tasks,
                                 embedding=embedding, baselines=baselines, reward_validity=reward_validity,
+                                duality_reward=reward_for,
                                 batch_size=batch_size, overwrite=overwrite, split=split,
                                 label_fn=fast_label_fn(model_dir, model, tokenizer, tasks_dir) if fast_labels else None,
                                 run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
                                           "temperature": temperature, "max_new_tokens": max_new_tokens,
-                                          "fast_labels": fast_labels})
+                                          "fast_labels": fast_labels, "dual_reward": dual_reward})
     from cellduality.models.card import evaluation_section, update_model_card
 
     # the model card's figures (only its evaluation section; the model's files are not touched)
@@ -99,6 +106,7 @@ def evaluate_generate(
     embedding: Any = None,
     baselines: bool = True,
     reward_validity: bool = True,
+    duality_reward: Callable[[dict[str, Any]], Any] | None = None,
     batch_size: int = 16,
     overwrite: bool = True,
     run_info: dict[str, Any] | None = None,
@@ -151,7 +159,8 @@ def evaluate_generate(
                                     title=f"{name}: generated vs real test cells (PCA of the embedding)")
             metrics.update(score_responses(task, test.prompts, outputs, knowledge.get(name), table))
             if reward_validity:
-                metrics.update(_reward_validity(task, test, outputs, parsed, generate, table, seed))
+                reward = duality_reward({task.name: task}) if duality_reward else None
+                metrics.update(_reward_validity(task, test, outputs, parsed, generate, table, seed, reward))
             results[name] = metrics
             _write_csv(table, tmp / f"predictions_{name}.csv")
         base = run_baselines(tasks_dir, tasks=list(results), seed=seed, max_examples=max_examples, split=split,
@@ -208,11 +217,13 @@ def _generate_all(generate: GenerateFn, prompts: list[str], batch_size: int, lab
 
 
 def _reward_validity(task: Any, rows: TaskRows, outputs: list[str], parsed: list[Any], generate: GenerateFn,
-                     table: dict[str, list], seed: int) -> dict[str, float]:
+                     table: dict[str, list], seed: int, reward: Any = None) -> dict[str, float]:
+    """How well the duality reward (``reward``; default: the paper's, through ``generate``) tracks
+    correctness of the model's answers and separates the right answer from a wrong one."""
     from cellduality.rewards import DualityReward
     from cellduality.tasks.base import dumps, format_response
 
-    reward = DualityReward({task.name: task}, generate)
+    reward = reward if reward is not None else DualityReward({task.name: task}, generate)
     columns = {"task": [task.name] * len(rows), "known": [dumps(k) for k in rows.known],
                "unknown": [dumps(u) for u in rows.unknown], "seed": rows.seeds}
     own = reward(rows.prompts, outputs, **columns)
