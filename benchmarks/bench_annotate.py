@@ -10,7 +10,9 @@ Prints, for one process on ``--threads`` CPU threads (or the GPU when there is o
   ``--reasoning-cells`` cells;
 * agreement of the fast labels with the *full path* on the first ``--full-cells`` cells: greedy
   generation of reasoning + answer (batched, the answer parsed from the text), the way
-  ``evaluate`` reads a model -- and the agreement of the explained labels with it.
+  ``evaluate`` reads a model -- and the agreement of the explained labels with it;
+* the middle road: fast labels with reasoning for the ``--explain-share`` least confident cells
+  (``--explain-least-confident``), its cells/s and agreement with the full path.
 
 The model must have been taught the answer-only rows (``cellduality teach`` writes them by
 default since ``direct_primal``); for an older model the fast path warns and generates.
@@ -49,7 +51,9 @@ def main() -> None:
     parser.add_argument("--reasoning-cells", type=int, default=200)
     parser.add_argument("--full-cells", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch size")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--explain-share", type=float, default=0.1,
+                        help="also run the fast path with reasoning for this share of least confident cells")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -101,6 +105,17 @@ def main() -> None:
     print(f"agreement explained vs full path: {agree_ex:.1%} of {m} cells")
     conf = fast.obs["cellduality_confidence"].to_numpy()[:n]
     hit = fast_labels == [g or "" for g in full]
+    if args.explain_share > 0:
+        part = adata[:n].copy()
+        k = int(round(args.explain_share * n))
+        t = time.perf_counter()
+        mixed = annotate(part, mdl, explain_least_confident=k, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, min_overlap=0.0)
+        seconds = time.perf_counter() - t
+        labels = mixed.obs["cellduality_cell_type"].astype(str).to_numpy()
+        agree_mixed = sum(f == g for f, g in zip(labels, full, strict=True)) / n
+        print(f"fast + reasoning for the {k} least confident: {n / seconds:.1f} cells/s; agreement with the full "
+              f"path {agree_mixed:.1%} of {n} cells")
     mean = lambda values: f"{values.mean():.2f}" if len(values) else "-"  # noqa: E731
     print(f"mean confidence: {mean(conf)} (agreeing cells {mean(conf[hit])}, disagreeing {mean(conf[~hit])})")
 
