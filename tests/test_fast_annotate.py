@@ -13,7 +13,7 @@ from cellduality.inference.model import CellDualityModel
 from cellduality.models.candidates import score_candidates
 from cellduality.models.generation import RequireReasoning
 from cellduality.models.scoring import score_continuations
-from cellduality.tasks.base import direct_prompt, format_response
+from cellduality.tasks.base import direct_prompt, direct_response, format_response
 from test_grpo import sft_dir, tasks_dir  # noqa: F401  (fixtures: tiny task folder and tiny model)
 from test_inference import pbmc_task  # noqa: F401  (fixture: pbmc68k cells + annotation task)
 
@@ -58,10 +58,10 @@ def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model):
 
 
 def test_answer_split_rebuilds_the_response():
-    for reasoning in ("", "CD3E at rank 1."):
-        prefix, lead, tail = answer_split(reasoning)
-        assert prefix + lead + "CD19+ B" + tail == format_response(reasoning, "CD19+ B")
-        assert prefix.endswith("<answer>")
+    prefix, lead, tail = answer_split("CD3E at rank 1.")
+    assert prefix + lead + "CD19+ B" + tail == format_response("CD3E at rank 1.", "CD19+ B")
+    prefix, lead, tail = answer_split("")  # no reasoning: the answer-only form, no <think> block
+    assert prefix + lead + "CD19+ B" + tail == direct_response("CD19+ B") and prefix == "<answer>"
 
 
 def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(tiny_model):

@@ -10,6 +10,7 @@ import torch
 from cellduality.models.scoring import ContinuationScore, score_continuations
 from cellduality.rewards import DualLikelihoodReward, likelihood_reward
 from cellduality.tasks import TaskContext, dumps, format_response, get_task
+from cellduality.tasks.base import DIRECT_INSTRUCTION, direct_response
 
 LABELS = ("B cell", "NK cell", "T cell")
 GENES = frozenset(f"G{i}" for i in range(20))
@@ -73,7 +74,8 @@ def test_classification_queries_contrast_the_labels_and_read_no_label():
     query = task.likelihood_queries("NK cell", known, unknown, seed=3)
     assert len(query.prompts) == len(LABELS) and query.index == LABELS.index("NK cell")
     assert all(label in prompt for label, prompt in zip(LABELS, query.prompts, strict=True))
-    assert set(query.targets) == {format_response("", "G2 G4")}
+    assert set(query.targets) == {direct_response("G2 G4")}
+    assert all(p.endswith(DIRECT_INSTRUCTION) for p in query.prompts)  # scored in the answer-only form
     assert all("G2" not in p.split() and "G4" not in p.split() for p in query.prompts)  # x_u never shown
 
 
@@ -97,7 +99,7 @@ def test_reward_prefers_the_label_that_explains_the_hidden_genes():
 def test_generative_queries_contrast_the_unknowns():
     task = get_task("generation", TaskContext(labels=LABELS, genes=GENES), max_genes=8)
     query = task.likelihood_queries(["G1", "G2"], {}, {"cell_type": "T cell"}, seed=0)
-    assert len(set(query.prompts)) == 1 and query.targets[query.index] == format_response("", "T cell")
+    assert len(set(query.prompts)) == 1 and query.targets[query.index] == direct_response("T cell")
     assert len(query.targets) == len(LABELS)
 
 

@@ -56,7 +56,7 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     kept_primal = {r["id"] for r in rows if r["direction"] == "primal"}
     direct = [r for r in rows if r["direction"] == "dual_direct"]
     # each kept dual prompt also has its direct answer (what the likelihood reward scores), nothing else
-    assert direct and all(r["completion"].startswith("<think>  </think> <answer> ") for r in direct)
+    assert direct and all(r["completion"].startswith("<answer> ") for r in direct)  # no reasoning block at all
     assert sorted(r["id"] for r in direct) == sorted(r["id"] for r in rows if r["direction"] == "dual")
     # ... asked for by its own prompt, so plain prompts keep asking for reasoning
     assert [r["prompt"] for r in direct] == [direct_prompt(r["prompt"]) for r in rows if r["direction"] == "dual"]
@@ -65,7 +65,7 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     kept_annotation = [r for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
     assert [r["id"] for r in answer_only] == [r["id"] for r in kept_annotation]
     assert [r["prompt"] for r in answer_only] == [direct_prompt(r["prompt"]) for r in kept_annotation]
-    assert all(r["completion"] == f"<think>  </think> <answer> {primal[r['id']]['answer']} </answer>"
+    assert all(r["completion"] == f"<answer> {primal[r['id']]['answer']} </answer>"
                for r in answer_only)
     for row in rows:
         if row["direction"] not in ("dual_direct", "primal_direct"):

@@ -1,7 +1,7 @@
 """Fast classification (annotation, sensitivity): labels and confidence without writing reasoning.
 
 A model taught the answer-only form (``cellduality teach`` writes a ``primal_direct`` row,
-``<think>  </think> <answer> LABEL </answer>``, for every kept primal row of a classification
+``<answer> LABEL </answer>`` (after ``tasks.base.direct_prompt``), for every kept primal row of a classification
 task; ``TeachConfig.direct_primal``) can be *asked* how probable each candidate label is: each
 cell's prompt runs once, every label is scored teacher-forced against its KV cache
 (:func:`~cellduality.models.candidates.score_candidates`), the label is the argmax and the
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellduality.tasks.base import Task, direct_prompt, extract_reasoning, format_response
+from cellduality.tasks.base import Task, direct_prompt, direct_response, extract_reasoning, format_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.inference.model import CellDualityModel
@@ -42,7 +42,8 @@ def answer_split(reasoning: str) -> tuple[str, str, str]:
     The prefix ends at ``<answer>``; the whitespace after it (``lead``) goes with the label, the
     way tokenizers attach a leading space to the next word.
     """
-    head, tail = format_response(reasoning, _MARK).split(_MARK)
+    # no reasoning: the answer-only form (tasks.base.direct_response) that direct_prompt asks for
+    head, tail = (format_response(reasoning, _MARK) if reasoning.strip() else direct_response(_MARK)).split(_MARK)
     prefix = head.rstrip()
     return prefix, head[len(prefix):], tail
 

@@ -83,8 +83,9 @@ class UniqueAnswerGenes:
 class RequireReasoning:
     """A logits processor: right after ``<think>``, the think block cannot be closed or left blank.
 
-    A model taught answer-only rows (empty ``<think>  </think>``, see ``TeachConfig.direct_primal``
-    and ``direct_dual``) may answer directly when decoding greedily. Where reasoning is the point
+    A guard for models taught answer-only rows with an empty ``<think>  </think>`` (teach before
+    answer-only rows got their own prompt and lost the think block, ``tasks.base.direct_response``):
+    they may answer directly when decoding greedily. Where reasoning is the point
     (``annotate --explain``), the first token after ``<think>`` must be neither ``</think>`` nor
     whitespace; everything after it is free. Inactive when ``<think>`` is not one token.
     """

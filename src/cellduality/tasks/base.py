@@ -51,18 +51,29 @@ def format_response(reasoning: str, answer: str) -> str:
     return f"<think> {reasoning.strip()} </think> <answer> {answer.strip()} </answer>"
 
 
-DIRECT_INSTRUCTION = "Answer directly, with an empty <think></think>."
+DIRECT_INSTRUCTION = "Answer directly, without reasoning."
 
 
 def direct_prompt(prompt: str) -> str:
-    """The prompt that asks for the answer alone (``<think>  </think> <answer> … </answer>``).
+    """The prompt that asks for the answer alone (:func:`direct_response`).
 
     SFT teaches this form on its own prompt (``teach`` options ``direct_primal``/``direct_dual``),
     so likelihood scoring -- the duality reward, fast annotation -- can read the model's belief
     about an answer in one forward pass, while the plain prompt keeps asking for reasoning: GRPO
-    rollouts, evaluation and ``--explain`` never drift into answer-only replies.
+    rollouts, evaluation and ``--explain`` do not drift into answer-only replies.
     """
     return f"{prompt}\n{DIRECT_INSTRUCTION}"
+
+
+def direct_response(answer: str) -> str:
+    """An answer with no reasoning block at all: ``<answer> … </answer>``.
+
+    Not an *empty* ``<think>  </think>``: measured on the quickstart model, SFT rows with an empty
+    think block taught the model to close ``<think>`` at once after plain prompts too (greedy
+    annotation wrote no reasoning for any of 60 test cells). Without the block, every reasoning
+    row still opens with ``<think>`` followed by text, so that habit has nothing to copy.
+    """
+    return f"<answer> {answer.strip()} </answer>"
 
 
 def extract_answer(text: Any) -> str | None:
@@ -259,9 +270,9 @@ class Task(ABC):
         return []
 
     def dual_target(self, unknown: Unknown) -> str:
-        """The dual response that states ``x_u`` directly (empty reasoning), for teacher forcing
-        after :func:`direct_prompt` of the dual prompt."""
-        return format_response("", self.render_unknown(unknown))
+        """The dual response that states ``x_u`` directly (:func:`direct_response`), for teacher
+        forcing after :func:`direct_prompt` of the dual prompt."""
+        return direct_response(self.render_unknown(unknown))
 
     def likelihood_queries(self, answer: Answer, known: Known, unknown: Unknown, seed: int) -> LikelihoodQuery:
         """What to score so that the dual's *probability* of ``x_u`` becomes the reward.

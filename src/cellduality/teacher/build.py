@@ -324,7 +324,7 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
     """Save the accepted rows; with ``direct_dual`` each kept dual prompt also gets a direct answer.
 
     The direct row (the prompt + :data:`~cellduality.tasks.base.DIRECT_INSTRUCTION`, empty
-    reasoning, the reference ``x_u``) teaches the form the
+    reasoning block, the reference ``x_u``) teaches the form the
     likelihood duality reward scores teacher-forced (:class:`cellduality.rewards.DualLikelihoodReward`),
     so that reward reads the dual's belief about ``x_u`` without generating a reasoning first.
     Likewise each kept primal prompt of a task in ``direct_primal`` (classification tasks) gets a
@@ -332,7 +332,7 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
-    from cellduality.tasks.base import direct_prompt, extract_answer, format_response
+    from cellduality.tasks.base import direct_prompt, direct_response, extract_answer
 
     features = Features({c: Value("string") for c in SFT_COLUMNS})
     data = {}
@@ -348,11 +348,11 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                                  "direction": direction, "id": row_id})
                 if direction == "primal" and completions and rec["task"] in (direct_primal or ()):
                     rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"], "direction": "primal_direct",
-                                 "completion": format_response("", extract_answer(completions[0]) or ""),
+                                 "completion": direct_response(extract_answer(completions[0]) or ""),
                                  "id": row_id})
                 if direction == "dual" and direct_dual and completions:
                     rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"], "direction": "dual_direct",
-                                 "completion": format_response("", extract_answer(completions[0]) or ""),
+                                 "completion": direct_response(extract_answer(completions[0]) or ""),
                                  "id": row_id})
         if split == "train" and not rows:
             raise CellDualityError(f"The teacher produced no accepted training rows: {_why_nothing(report)}")
