@@ -92,6 +92,10 @@ class GRPOSettings(TRLSettings):
     likelihood_temperature: float = Field(1.0, gt=0, description="divides dual log-likelihoods before the softmax")
     dual_max_new_tokens: int = Field(256, ge=1, description="paper reward: length of the generated dual")
     dual_temperature: float = Field(0.0, ge=0, description="paper reward: 0 = greedy dual decoding")
+    model_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the policy's weights; on a GPU TRL's bf16 mixed precision computes on "
+        "top of them. bf16 weights round an update below ~0.4 % of a weight back to the same value: at RL "
+        "learning rates the policy then never moves")
     # a label-free second reward: the share of the reasoning's claims true of the prompt (issue #13)
     faithfulness_weight: float = Field(0.0, ge=0, description="weight of the faithfulness reward; 0 = off")
     # rollouts through vLLM (GPU only)
@@ -457,7 +461,7 @@ def run_grpo(
 
     tasks_dir, tasks, dataset = _prepare(rl_dir, settings)
     model_info = _model_info(sft_model)
-    model, tokenizer = load_model(sft_model)
+    model, tokenizer = load_model(sft_model, dtype=settings.model_dtype)
     dataset = dataset.map(lambda row: {"prompt": format_prompt(tokenizer, row["prompt"])})
     config = build_grpo_config(settings, checkpoints)
 

@@ -88,7 +88,9 @@ class SFTSettings(TRLSettings):
     eval_steps: int | None = Field(None, ge=1, description="evaluate on the test split every N steps")
     max_eval_rows: int = Field(256, ge=1)
     report_to: str | list[str] = "none"
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the trained weights; on a GPU the trainer's bf16/fp16 mixed precision "
+        "computes in half precision on top of them (half-precision weights lose small updates)")
     trust_remote_code: bool = False
     tokenizer_vocab_size: int = Field(4096, ge=300, description="learnt BPE part of a preset's tokenizer")
     group_by_length: bool = Field(
