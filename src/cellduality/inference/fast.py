@@ -97,6 +97,8 @@ def rank_labels(task: Task, mdl: CellDualityModel, prompts: Sequence[str], reaso
     splits = [answer_split(r) for r in reasonings]
     lead, tail = splits[0][1], splits[0][2]
     done = 0
+    if progress is not None:
+        progress(stage, 0, len(prompts))  # starts the line's clock
 
     def step(n: int) -> None:
         nonlocal done
@@ -118,6 +120,8 @@ def generate_sorted(mdl: CellDualityModel, prompts: Sequence[str], *, batch_size
     generate = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, require_reasoning=True)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
+    if progress is not None:
+        progress(stage, 0, len(prompts))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         for i, text in zip(chunk, generate([prompts[i] for i in chunk]), strict=True):
