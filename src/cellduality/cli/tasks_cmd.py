@@ -34,68 +34,32 @@ def _parse_weights(values: list[str]) -> dict[str, float]:
     return weights
 
 
-# The options each task reads (see its module), with their types. Typos are errors, and text
-# from the command line is converted: "include_control=false" must be False, not a truthy string.
-_INPAINTING = {"max_genes": int, "n_hidden": int, "hide": ("interleaved", "random", "tail"), "label_key": str,
-               "labels": list}
-TASK_OPTIONS: dict[str, dict[str, object]] = {
-    "annotation": _INPAINTING,
-    "sensitivity": {**_INPAINTING, "drug_key": str, "drug": str},
-    "generation": {"label_key": str, "max_genes": int},
-    "perturbation": {"perturbation_key": str, "perturbation_kind": str, "control_value": str, "group_key": str,
-                     "include_control": bool, "mask_targets": bool, "max_genes": int},
-}
-_BOOLS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
-
-
-def _convert(task: str, key: str, value: str) -> object:
-    kind = TASK_OPTIONS[task][key]
-    where = f"--option {task}.{key}={value}"
-    if kind is bool:
-        if value.lower() not in _BOOLS:
-            raise CellDualityError(f"{where}: expected true or false.")
-        return _BOOLS[value.lower()]
-    if kind is int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise CellDualityError(f"{where}: expected a whole number.") from None
-        if number < (2 if key == "max_genes" else 1):
-            raise CellDualityError(f"{where}: must be at least {2 if key == 'max_genes' else 1}.")
-        return number
-    if kind is list:
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        if len(items) < 2:
-            raise CellDualityError(f"{where}: give at least two comma-separated labels.")
-        return items
-    if isinstance(kind, tuple) and value not in kind:
-        raise CellDualityError(f"{where}: choose one of {', '.join(kind)}.")
-    return value
-
-
 def parse_task_options(values: list[str], tasks: list[str]) -> dict[str, dict[str, object]]:
-    """``task.key=value`` pairs -> typed per-task options; unknown tasks or keys are errors with a suggestion."""
+    """``task.key=value`` pairs -> typed per-task options; unknown tasks or keys are errors with a suggestion.
+
+    Names, types and bounds come from each task's ``options_model`` (:mod:`cellduality.tasks.options`),
+    the same declaration the task validates itself with: command-line text is converted there
+    (``include_control=false`` is ``False``, not a truthy string). Only the options given are returned.
+    """
     import difflib
 
-    options: dict[str, dict[str, object]] = {}
+    from cellduality.tasks.base import TASKS, get_task
+    from cellduality.tasks.options import validate_options
+
+    given: dict[str, dict[str, str]] = {}
     for dotted, value in _parse_pairs(values, "--option").items():
         name, sep, key = dotted.partition(".")
         if not sep:
             raise CellDualityError(f"--option {dotted}={value}: write it as task.key=value.")
         if name not in tasks:
-            close = difflib.get_close_matches(name, [*tasks, *TASK_OPTIONS], n=1)
+            close = difflib.get_close_matches(name, [*tasks, *TASKS], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise CellDualityError(f"--option {dotted}: '{name}' is not a task being built ({', '.join(tasks)}){hint}.")
-        known = TASK_OPTIONS.get(name)
-        if known is None:
-            options.setdefault(name, {})[key] = value  # a task registered by a plugin: its own options
-            continue
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise CellDualityError(f"--option {dotted}: unknown option of task '{name}'; {hint}"
-                                   f"known: {', '.join(sorted(known))}.")
-        options.setdefault(name, {})[key] = _convert(name, key, value)
+        given.setdefault(name, {})[key] = value
+    options: dict[str, dict[str, object]] = {}
+    for name, raw in given.items():
+        model = type(get_task(name)).options_model if name not in TASKS else TASKS[name].options_model
+        options[name] = validate_options(name, model, raw, where="--option ").model_dump(include=set(raw))
     return options
 
 

@@ -1,5 +1,8 @@
 """Classical baselines, computed from the same tasks folder and test split the models see.
 
+Which baselines a task gets is the task's own decision (:meth:`cellduality.tasks.base.Task.baselines`);
+the built-in tasks use the functions here:
+
 * annotation / sensitivity: logistic regression and k-NN (k = 10) on the expression of the cell
   the model is shown (its prompt's ranked genes through the inverse model), trained on the train
   split;
@@ -41,12 +44,15 @@ def load_rows(tasks_dir: str | Path, task: str, split: str, max_examples: int | 
     return TaskRows.from_dataset(data[split], task, max_examples, seed)
 
 
-def classification_baselines(train: TaskRows, test: TaskRows, inverse: Any, seed: int = 0) -> dict[str, dict]:
-    """Logistic regression and 10-NN on the expression of the shown cell (rank weights without inverse)."""
+def classification_baselines(train: TaskRows, test: TaskRows, inverse: Any, seed: int = 0, *,
+                             task: Any) -> dict[str, dict]:
+    """Logistic regression and 10-NN on the expression of the shown cell (rank weights without inverse).
+
+    The shown cell is the task's :meth:`~cellduality.tasks.base.Task.input_cell` of each row."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
-    x_train, x_test = _features(train.cells(), test.cells(), inverse)
+    x_train, x_test = _features(train.cells(task), test.cells(task), inverse)
     y_train = np.asarray([str(t) for t in train.targets])
     out: dict[str, dict] = {}
     if len(set(y_train)) < 2 or not len(test):
@@ -138,14 +144,9 @@ def run_baselines(
         test = load_rows(tasks_dir, name, split, max_examples, seed)
         if not len(test):
             continue
-        if task.kind == "classification":
-            train = load_rows(tasks_dir, name, "train")
-            results[name] = classification_baselines(train, test, inverse, seed)
-            continue
-        scorer = (scorers or {}).get(name) or GenerativeScorer(
-            task, load_rows(tasks_dir, name, "train"), test, inverse, embedding)
-        if name == "perturbation":
-            results[name] = perturbation_baselines(scorer)
-        else:
-            results[name] = generation_baselines(scorer, seed)
+        train = load_rows(tasks_dir, name, "train")
+        scorer = None
+        if task.kind == "generative":
+            scorer = (scorers or {}).get(name) or GenerativeScorer(task, train, test, inverse, embedding)
+        results[name] = task.baselines(train, test, inverse=inverse, scorer=scorer, seed=seed)
     return results

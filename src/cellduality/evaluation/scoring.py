@@ -67,12 +67,11 @@ class TaskRows:
         """What each example conditions on (cell type, perturbation) as canonical text."""
         return [task.render_unknown(u) for u in self.unknown]
 
-    def cells(self) -> list[list[str]]:
-        """The full input cell of inpainting rows: the masked sentence with the hidden genes put back."""
-        out = []
-        for known, unknown in zip(self.known, self.unknown, strict=True):
-            hidden = iter(unknown.get("hidden") or [])
-            out.append([next(hidden, "") if g is None else g for g in known.get("masked") or []])
+    def cells(self, task: Any) -> list[list[str]]:
+        """The whole input cell of each row, as the task rebuilds it from ``(x_k, x_u)``."""
+        out = [task.input_cell(k, u) for k, u in zip(self.known, self.unknown, strict=True)]
+        if any(c is None for c in out):
+            raise ValueError(f"task '{task.name}' rebuilds no input cell (Task.input_cell); it has no cell baselines")
         return out
 
 
@@ -112,7 +111,7 @@ class GenerativeScorer:
         embedded, valid = self.embed_predictions(predictions)
         out = {"valid_rate": float(valid.mean()) if len(valid) else M.NAN, "n": float(len(valid))}
         conditions = np.asarray(self.test_conditions, dtype=object)[valid] if len(valid) else np.array([])
-        if self.task.name == "perturbation":
+        if self.task.scored_per_condition:
             out.update(self._per_condition(embedded, conditions))
         else:
             out.update(self._generation(embedded, conditions, valid))

@@ -44,8 +44,10 @@ class QuickstartSettings(StrictModel):
 
     seed: int = 0
     datasets: dict[str, DatasetSettings] = Field(default_factory=lambda: {"pbmc68k_reduced": DatasetSettings()})
-    max_genes: int = Field(24, description="genes of a cell shown in prompts")
-    n_hidden: int = Field(6, description="genes the annotation/sensitivity dual must inpaint")
+    max_genes: int | None = Field(None, ge=2, description="genes of a cell shown in prompts "
+                                  "(None: the tasks' default, cellduality.tasks.options)")
+    n_hidden: int | None = Field(None, ge=1, description="genes an inpainting dual must hide "
+                                 "(None: the tasks' default)")
     max_examples: int | None = Field(None, description="cells per task and split in the task sets")
     teach: dict[str, Any] = Field(default_factory=dict)
     sft: dict[str, Any] = Field(default_factory=dict)
@@ -96,16 +98,13 @@ def _sentences_stage(name: str, spec: DatasetSettings, out: Path, seed: int) -> 
 
 
 def _tasks_stage(spec: DatasetSettings, sentences: Path, out: Path, settings: QuickstartSettings) -> dict[str, Any]:
-    from cellduality.tasks import build_task_datasets
+    from cellduality.tasks import TASKS, build_task_datasets, get_task
 
     task_options: dict[str, dict[str, Any]] = {}
     for task in spec.tasks:
-        opts: dict[str, Any] = {}
-        if task in ("annotation", "sensitivity"):
-            opts["n_hidden"] = settings.n_hidden
-        if task == "sensitivity" and spec.drug:
-            opts["drug"] = spec.drug
-        task_options[task] = opts
+        declared = (TASKS.get(task) or type(get_task(task))).options_model.model_fields
+        wanted = {"n_hidden": settings.n_hidden, "drug": spec.drug}  # to the tasks that declare them
+        task_options[task] = {k: v for k, v in wanted.items() if k in declared and v is not None}
     manifest = build_task_datasets(
         sentences, spec.tasks, out, label_key=spec.label_key, seed=settings.seed, max_genes=settings.max_genes,
         max_examples=settings.max_examples, task_options=task_options, overwrite=True,

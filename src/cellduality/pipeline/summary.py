@@ -9,15 +9,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-# headline metric per task, and whether higher is better
-HEADLINE = {
-    "annotation": ("accuracy", "macro_f1", "malformed_rate", "faithful_claims", "faithful_responses",
-                   "reward_auc", "reward_auc_contrast"),
-    "sensitivity": ("accuracy", "macro_f1", "malformed_rate", "faithful_claims", "faithful_responses",
-                    "reward_auc", "reward_auc_contrast"),
-    "generation": ("knn@10", "gw", "valid_rate", "faithful_claims", "reward_auc_contrast"),
-    "perturbation": ("scfid", "mmd", "valid_rate", "reward_auc_contrast"),
-}
 METHOD_ORDER = ("SFT-only", "duality RL", "oracle RL")
 
 
@@ -29,8 +20,15 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.3f}"
 
 
-def _task_kind(task: str) -> str:
-    return task.split("/")[-1]
+def headline(task: str) -> tuple[str, ...]:
+    """The metrics a task's table shows: the task's own declaration (``Task.metric_names``).
+
+    ``task`` may carry a dataset prefix (``kang2018/perturbation``); an unregistered task shows none.
+    """
+    from cellduality.tasks import TASKS
+
+    cls = TASKS.get(task.split("/")[-1])
+    return cls.metric_names() if cls is not None else ()
 
 
 NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "malformed_rate": "malformed", "valid_rate": "valid",
@@ -44,7 +42,7 @@ def summary_tables(comparison: dict[str, Any], title: str = "") -> list[Table]:
     tables = []
     summary = comparison.get("summary", {})
     for task, by_metric in summary.items():
-        metrics = [m for m in HEADLINE.get(_task_kind(task), ()) if m in by_metric]
+        metrics = [m for m in headline(task) if m in by_metric]
         methods = [m for m in METHOD_ORDER if any(m in by_metric[x] for x in metrics)]
         methods += sorted({m for x in metrics for m in by_metric[x] if m not in methods})
         table = Table(title=f"{title}{' · ' if title else ''}{task}", title_justify="left")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cellduality.errors import CellDualityError
+from cellduality.tasks.options import TaskOptions, validate_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.faithfulness import FaithfulnessReport
@@ -187,9 +188,59 @@ class Task(ABC):
     kind: ClassVar[TaskKind]
     description: ClassVar[str] = ""
 
+    # ---- what the rest of the system reads from a task (the plug-in contract) ----------------
+    options_model: ClassVar[type[TaskOptions]] = TaskOptions
+    """The task's options: names, types and the one default of each (:mod:`.options`)."""
+    offline_traces: ClassVar[str | None] = None
+    """Which trace writer of the offline teacher serves this task: a key of
+    :data:`cellduality.teacher.offline.TRACE_WRITERS` (a plug-in may register its own there).
+    ``None``: only an API teacher can write its traces. A name, not a teacher object, because
+    tasks sit below the teacher in the layering (the teacher imports tasks, never the reverse)."""
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
+    """The metrics the pipeline's summary table shows for this task, in order (empty: by kind)."""
+    scored_per_condition: ClassVar[bool] = False
+    """Generative tasks only: score generated cells against the real cells of each condition
+    (perturbation) rather than as one population with k-NN accuracy of the condition (generation)."""
+
     def __init__(self, context: TaskContext | None = None, **options: Any) -> None:
         self.context = context or TaskContext()
-        self.options = {**self.context.options, **options}
+        values = validate_options(self.name, self.options_model, {**self.context.options, **options})
+        self.options: dict[str, Any] = values.model_dump()
+
+    def set_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults (what ``tasks.json`` records)."""
+        defaults = self.options_model().model_dump()
+        return {k: v for k, v in self.options.items() if v != defaults.get(k)}
+
+    def input_cell(self, known: Known, unknown: Unknown) -> list[str] | None:
+        """The whole cell the primal was shown, rebuilt from ``(x_k, x_u)``; ``None`` when the
+        primal input is not a cell (generation). Baselines and the offline teacher read it."""
+        return None
+
+    def baselines(self, train: Any, test: Any, *, inverse: Any = None, scorer: Any = None,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
+        """``{baseline: metrics}`` of the classical baselines for this task on ``test``.
+
+        ``train``/``test`` are :class:`~cellduality.evaluation.scoring.TaskRows`; ``scorer`` is the
+        fitted :class:`~cellduality.evaluation.scoring.GenerativeScorer` of generative tasks.
+        Default by kind: logistic regression and 10-NN on :meth:`input_cell` (classification), a
+        random real training cell of the requested / of any condition (generative).
+        """
+        from cellduality.evaluation import baselines as B
+
+        if self.kind == "classification":
+            return B.classification_baselines(train, test, inverse, seed, task=self)
+        return B.generation_baselines(scorer, seed)
+
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        """:attr:`headline_metrics`, or the kind's default ones."""
+        if cls.headline_metrics:
+            return cls.headline_metrics
+        if cls.kind == "classification":
+            return ("accuracy", "macro_f1", "malformed_rate", "faithful_claims", "faithful_responses",
+                    "reward_auc", "reward_auc_contrast")
+        return ("knn@10", "gw", "valid_rate", "faithful_claims", "reward_auc_contrast")
 
     # ---- data -------------------------------------------------------------------------------
     @classmethod

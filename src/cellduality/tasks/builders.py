@@ -26,6 +26,7 @@ import numpy as np
 from cellduality.errors import CellDualityError
 from cellduality.paths import atomic_dir
 from cellduality.tasks.base import TASKS, Example, Task, TaskContext, dumps, get_task
+from cellduality.tasks.options import validate_options
 from cellduality.validation import labelled_indices
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,6 +188,9 @@ def make_tasks(
         if label_key:
             opts["label_key"] = label_key
         opts.update((task_options or {}).get(name, {}))
+        # checked and converted before the data is read; only the options given, so a task's own
+        # fallbacks (e.g. the label column `sentences` recorded) still apply to the others
+        opts = validate_options(name, cls.options_model, opts).model_dump(exclude_unset=True)
         context = cls.context_from(cells, train_indices, **opts)
         tasks[name] = cls(context)
     return tasks
@@ -256,7 +260,7 @@ def build_task_datasets(
 
     manifest = {
         "format": FORMAT,
-        "tasks": {name: {"context": task.context.to_dict(), "options": {}} for name, task in tasks.items()},
+        "tasks": {name: {"context": task.context.to_dict(), "options": task.options} for name, task in tasks.items()},
         "sentences_dir": str(sentences_dir.resolve()) if sentences_dir else None,
         "seed": seed,
         "weights": dict(weights or {}),

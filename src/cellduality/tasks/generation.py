@@ -14,7 +14,9 @@ from cellduality.errors import CellDualityError
 from cellduality.rewards import rwjs
 from cellduality.tasks.base import Answer, Example, Known, Task, TaskContext, Unknown, register_task
 from cellduality.tasks.text import (
-    DEFAULT_MAX_GENES,
+    cell_id as cell_of,
+)
+from cellduality.tasks.text import (
     choose,
     format_choices,
     genes_of,
@@ -24,9 +26,6 @@ from cellduality.tasks.text import (
     render_genes,
     require_column,
     stable_seed,
-)
-from cellduality.tasks.text import (
-    cell_id as cell_of,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +40,7 @@ class GenerationTask(Task):
 
     name: ClassVar[str] = "generation"
     kind: ClassVar = "generative"
+    offline_traces: ClassVar[str | None] = "generation"
     description: ClassVar[str] = "cell type -> cell sentence (dual: cell sentence -> cell type)"
     primal_templates: ClassVar[tuple[str, ...]] = (
         "Generate a single {cell_type} cell as a cell sentence: its {n} most expressed genes, "
@@ -59,7 +59,7 @@ class GenerationTask(Task):
 
     @property
     def max_genes(self) -> int:
-        return int(self.options.get("max_genes", DEFAULT_MAX_GENES))
+        return int(self.options["max_genes"])
 
     @classmethod
     def context_from(cls, cells: CellSentenceDataset, indices: Sequence[int], **options: Any) -> TaskContext:

@@ -13,14 +13,17 @@ that sets the templates and how labels and extra inputs (e.g. the drug) are read
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cellduality.errors import CellDualityError
 from cellduality.rewards import rwjs
 from cellduality.tasks.base import Answer, Example, Known, Task, TaskContext, Unknown
+from cellduality.tasks.options import InpaintingOptions, TaskOptions
 from cellduality.tasks.text import (
-    DEFAULT_MAX_GENES,
+    cell_id as cell_of,
+)
+from cellduality.tasks.text import (
     choose,
     format_choices,
     genes_of,
@@ -32,9 +35,6 @@ from cellduality.tasks.text import (
     rng_for,
     stable_seed,
 )
-from cellduality.tasks.text import (
-    cell_id as cell_of,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
@@ -43,15 +43,23 @@ MASK = "___"
 HIDE_STRATEGIES = ("interleaved", "random", "tail")
 
 
+def full_cell(known: Mapping[str, Any], unknown: Mapping[str, Any]) -> list[str]:
+    """The whole cell of an inpainting row: the masked sentence with the hidden genes put back."""
+    hidden = iter(unknown.get("hidden") or [])
+    return [gene if gene is not None else next(hidden, "") for gene in known.get("masked") or []]
+
+
 class InpaintingTask(Task):
     """Cell (+ extra inputs) -> label; dual: (c_obs, extras, label) -> c_hid.
 
-    Options: ``max_genes`` (genes of the cell shown, default 32), ``n_hidden`` (m, default 8),
-    ``hide`` (``interleaved``: every other gene of ranks 1..2m with a seeded phase;
-    ``random``: m random genes; ``tail``: the last m), ``label_key`` (obs column).
+    Options: :class:`~cellduality.tasks.options.InpaintingOptions` (``max_genes``, ``n_hidden``,
+    ``hide``: ``interleaved`` = every other gene of ranks 1..2m with a seeded phase, ``random`` =
+    m random genes, ``tail`` = the last m; ``label_key``; ``labels``).
     """
 
     kind: ClassVar = "classification"
+    options_model: ClassVar[type[TaskOptions]] = InpaintingOptions
+    offline_traces: ClassVar[str | None] = "labels"
     primal_templates: ClassVar[tuple[str, ...]]
     dual_templates: ClassVar[tuple[str, ...]]
     default_label_key: ClassVar[str | None] = None
@@ -61,11 +69,11 @@ class InpaintingTask(Task):
     # ---- options -----------------------------------------------------------------------------
     @property
     def max_genes(self) -> int:
-        return int(self.options.get("max_genes", DEFAULT_MAX_GENES))
+        return int(self.options["max_genes"])
 
     @property
     def n_hidden(self) -> int:
-        return int(self.options.get("n_hidden", 8))
+        return int(self.options["n_hidden"])
 
     # ---- data --------------------------------------------------------------------------------
     @classmethod
@@ -128,7 +136,7 @@ class InpaintingTask(Task):
         """0-based positions of the genes the dual must inpaint (seeded per example)."""
         m = max(1, min(self.n_hidden, n_genes // 2))
         rng = rng_for(seed, "split")
-        hide = self.options.get("hide", "interleaved")
+        hide = self.options["hide"]
         if hide == "interleaved":
             phase = rng.randrange(2)
             return list(range(phase, n_genes, 2))[:m]
@@ -137,6 +145,9 @@ class InpaintingTask(Task):
         if hide == "tail":
             return list(range(n_genes - m, n_genes))
         raise CellDualityError(f"Unknown hide strategy '{hide}'; choose one of: {', '.join(HIDE_STRATEGIES)}.")
+
+    def input_cell(self, known: Known, unknown: Unknown) -> list[str] | None:
+        return full_cell(known, unknown)
 
     def split(self, example: Example) -> tuple[Known, Unknown]:
         cell = list(example.input["cell"])

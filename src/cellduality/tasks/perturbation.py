@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field
+
 from cellduality.errors import CellDualityError
 from cellduality.rewards import rwjs
 from cellduality.tasks.base import (
@@ -28,8 +30,11 @@ from cellduality.tasks.base import (
     extract_answer,
     register_task,
 )
+from cellduality.tasks.options import TaskOptions
 from cellduality.tasks.text import (
-    DEFAULT_MAX_GENES,
+    cell_id as cell_of,
+)
+from cellduality.tasks.text import (
     choose,
     format_choices,
     genes_of,
@@ -38,9 +43,6 @@ from cellduality.tasks.text import (
     require_column,
     rng_for,
     stable_seed,
-)
-from cellduality.tasks.text import (
-    cell_id as cell_of,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +165,18 @@ def perturbation_from_value(
 _FORMAT = "Think step by step inside <think></think>, then give only {what} inside <answer></answer>."
 
 
+class PerturbationOptions(TaskOptions):
+    """Options of :class:`PerturbationTask` (see its docstring for what each one does)."""
+
+    perturbation_key: str | None = Field(None, description="obs column with the perturbation")
+    perturbation_kind: str | None = Field(None, description="kind of bare perturbation names")
+    control_value: str | None = Field(None, description="the perturbation column's value for controls")
+    group_key: str | None = Field(None, description="pair controls within this obs column's groups")
+    perturbation_map: dict[str, str] | None = Field(None, description="obs value -> canonical perturbation text")
+    include_control: bool = Field(True, description="also build control -> control examples")
+    mask_targets: bool = Field(True, description="hide candidate target genes from the dual")
+
+
 @register_task
 class PerturbationTask(Task):
     """Predict a perturbed cell from a control cell; the dual names the perturbation back.
@@ -177,6 +191,10 @@ class PerturbationTask(Task):
 
     name: ClassVar[str] = "perturbation"
     kind: ClassVar = "generative"
+    options_model: ClassVar[type[TaskOptions]] = PerturbationOptions
+    offline_traces: ClassVar[str | None] = "perturbation"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("scfid", "mmd", "valid_rate", "reward_auc_contrast")
+    scored_per_condition: ClassVar[bool] = True
     description: ClassVar[str] = "control cell + perturbation -> perturbed cell (dual: the perturbation)"
     primal_templates: ClassVar[tuple[str, ...]] = (
         "A control cell has these most expressed genes, highest first:\n{control}\n"
@@ -201,7 +219,7 @@ class PerturbationTask(Task):
 
     @property
     def max_genes(self) -> int:
-        return int(self.options.get("max_genes", DEFAULT_MAX_GENES))
+        return int(self.options["max_genes"])
 
     # ---- data --------------------------------------------------------------------------------
     @classmethod
@@ -254,7 +272,7 @@ class PerturbationTask(Task):
         for i in indices:
             if perts[i] == Perturbation("control"):
                 controls[groups[i]].append(int(i))
-        include_control = bool(self.options.get("include_control", True))
+        include_control = bool(self.options["include_control"])
         examples = []
         for i in indices:
             pert = perts[i]
@@ -306,7 +324,7 @@ class PerturbationTask(Task):
     @property
     def masked_targets(self) -> frozenset[str]:
         """Genes that name a candidate perturbation (``STAT1`` of ``knockout of STAT1``)."""
-        if not self.options.get("mask_targets", True):
+        if not self.options["mask_targets"]:
             return frozenset()
         parsed = (Perturbation.parse(c) for c in self.context.perturbations)
         return frozenset(p.target for p in parsed if p is not None and p.kind in GENE_KINDS)
@@ -327,6 +345,13 @@ class PerturbationTask(Task):
             perturbed=render_genes(genes_of(perturbed, self.max_genes)),
             perturbations=format_choices(self.context.perturbations),
         )
+
+    def baselines(self, train: Any, test: Any, *, inverse: Any = None, scorer: Any = None,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
+        """"Predict the control cell" and "control plus the mean train shift of that perturbation"."""
+        from cellduality.evaluation.baselines import perturbation_baselines
+
+        return perturbation_baselines(scorer)
 
     def render_unknown(self, unknown: Unknown) -> str:
         return Perturbation.from_dict(unknown["perturbation"]).render()

@@ -6,14 +6,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field
+
 from cellduality.errors import CellDualityError
 from cellduality.tasks.base import register_task
 from cellduality.tasks.inpainting import InpaintingTask
+from cellduality.tasks.options import InpaintingOptions, TaskOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
 
 _FORMAT = "Think step by step inside <think></think>, then give only {what} inside <answer></answer>."
+
+
+class SensitivityOptions(InpaintingOptions):
+    """Options of :class:`SensitivityTask`: the inpainting ones plus where the drug comes from."""
+
+    drug_key: str = Field("drug", description="obs column with the drug")
+    drug: str | None = Field(None, description="the drug of a single-drug data set without a drug column")
 
 
 @register_task
@@ -26,6 +36,7 @@ class SensitivityTask(InpaintingTask):
 
     name: ClassVar[str] = "sensitivity"
     description: ClassVar[str] = "cell sentence + drug -> sensitive/resistant (dual: hidden genes)"
+    options_model: ClassVar[type[TaskOptions]] = SensitivityOptions
     default_label_key: ClassVar[str | None] = "sensitivity"
     extra_keys: ClassVar[tuple[str, ...]] = ("drug",)
     primal_templates: ClassVar[tuple[str, ...]] = (

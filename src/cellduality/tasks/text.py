@@ -16,9 +16,6 @@ from typing import Any
 from cellduality.errors import CellDualityError
 from cellduality.tasks.base import extract_answer
 
-DEFAULT_MAX_GENES = 32
-"""Genes of a cell shown in a prompt. Prompt length drives training cost on small CPUs."""
-
 MAX_PARSED_GENES = 512
 """Gene lists longer than this are cut when parsed (bounds the cost of scoring one answer)."""
 

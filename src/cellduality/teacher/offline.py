@@ -15,25 +15,45 @@ training cells, never invented.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cellduality.errors import TeacherError
 from cellduality.tasks.base import Task, format_response, loads
-from cellduality.tasks.generation import GenerationTask
-from cellduality.tasks.inpainting import InpaintingTask
-from cellduality.tasks.perturbation import PerturbationTask
+from cellduality.tasks.inpainting import full_cell  # noqa: F401  (re-exported: tests and API teachers use it)
 from cellduality.tasks.text import stable_seed
 from cellduality.teacher.base import Generation, Teacher, TeacherRequest
 from cellduality.teacher.knowledge import ClassProfiles, PerturbationShifts, rank_of
 
 
-def full_cell(known: Mapping[str, Any], unknown: Mapping[str, Any]) -> list[str]:
-    """The whole cell of an inpainting row: the masked sentence with the hidden genes put back."""
-    hidden = iter(unknown.get("hidden") or [])
-    return [gene if gene is not None else next(hidden, "") for gene in known.get("masked") or []]
+@dataclass(frozen=True)
+class TraceWriter:
+    """How the offline teacher learns from, and writes traces for, one family of tasks.
+
+    A task names its writer (:attr:`cellduality.tasks.base.Task.offline_traces`); the teacher
+    never asks which task class it has. ``material(task, known, unknown, target)`` turns one
+    primal training row into a tuple, ``fit(*columns)`` turns those tuples (as columns) into the
+    knowledge the writers cite, and ``primal`` / ``dual`` write one response
+    ``(teacher, task, request, rng) -> text``.
+    """
+
+    material: Callable[[Task, Any, Any, Any], tuple]
+    fit: Callable[..., Any]
+    primal: Callable[[OfflineTeacher, Task, TeacherRequest, random.Random], str]
+    dual: Callable[[OfflineTeacher, Task, TeacherRequest, random.Random], str]
+
+
+TRACE_WRITERS: dict[str, TraceWriter] = {}
+"""The offline teacher's trace writers by name (filled at the end of this module)."""
+
+
+def register_trace_writer(name: str, writer: TraceWriter) -> TraceWriter:
+    """Make ``writer`` available to tasks whose ``offline_traces`` is ``name`` (plug-ins may add one)."""
+    TRACE_WRITERS[name] = writer
+    return writer
 
 
 def _pct(x: float) -> str:
@@ -58,7 +78,7 @@ def _softmax_sample(scores: np.ndarray, temperature: float, rng: random.Random) 
 
 
 class OfflineTeacher(Teacher):
-    """Knowledge-grounded traces for the four built-in task families, fitted on training rows."""
+    """Knowledge-grounded traces for every task that names a :data:`TRACE_WRITERS` entry, fitted on training rows."""
 
     name = "offline"
 
@@ -68,8 +88,23 @@ class OfflineTeacher(Teacher):
         self.temperature = float(temperature)
         self.seed = int(seed)
         self.noise = float(noise)
-        self.profiles: dict[str, ClassProfiles] = {}
-        self.shifts: dict[str, PerturbationShifts] = {}
+        self.knowledge: dict[str, Any] = {}
+        """What each task's writer fitted (:class:`ClassProfiles`, :class:`PerturbationShifts`, ...)."""
+
+    @property
+    def profiles(self) -> dict[str, ClassProfiles]:
+        """The class profiles fitted per task (faithfulness checks read them)."""
+        return {k: v for k, v in self.knowledge.items() if isinstance(v, ClassProfiles)}
+
+    @property
+    def shifts(self) -> dict[str, PerturbationShifts]:
+        return {k: v for k, v in self.knowledge.items() if isinstance(v, PerturbationShifts)}
+
+    def _writer(self, task: Task) -> TraceWriter:
+        writer = TRACE_WRITERS.get(task.offline_traces or "")
+        if writer is None:
+            raise TeacherError(f"The offline teacher cannot write traces for task '{task.name}'; use --teacher openai.")
+        return writer
 
     def describe(self) -> dict[str, Any]:
         return {"teacher": self.name, "temperature": self.temperature, "seed": self.seed, "noise": self.noise}
@@ -77,36 +112,20 @@ class OfflineTeacher(Teacher):
     # ------------------------------------------------------------------ fitting
     def fit(self, rows: Iterable[Mapping[str, Any]]) -> OfflineTeacher:
         """Learn profiles and shifts from *primal training* rows (JSON columns as stored)."""
-        cells: dict[str, list[list[str]]] = {}
-        labels: dict[str, list[str]] = {}
-        pairs: dict[str, tuple[list, list, list]] = {}
+        writers = {name: self._writer(task) for name, task in self.tasks.items()}
+        material: dict[str, list[tuple]] = {}
         for row in rows:
             task = self.tasks.get(row["task"])
             if task is None:
                 continue
             known, unknown, target = loads(row["known"]), loads(row["unknown"]), loads(row["target"])
-            if isinstance(task, InpaintingTask):
-                cells.setdefault(task.name, []).append(full_cell(known, unknown))
-                labels.setdefault(task.name, []).append(str(target))
-            elif isinstance(task, GenerationTask):
-                cells.setdefault(task.name, []).append(list(target))
-                labels.setdefault(task.name, []).append(str(unknown["cell_type"]))
-            elif isinstance(task, PerturbationTask):
-                ctrl, post, names = pairs.setdefault(task.name, ([], [], []))
-                ctrl.append(list(known["control"]))
-                post.append(list(target))
-                names.append(task.render_unknown(unknown))
-        for name, task in self.tasks.items():
-            if not isinstance(task, (InpaintingTask, GenerationTask, PerturbationTask)):
-                raise TeacherError(f"The offline teacher cannot write traces for task '{name}'; use --teacher openai.")
-            if name in cells and len(set(labels[name])) >= 1:
-                self.profiles[name] = ClassProfiles.fit(cells[name], labels[name])
-            elif name in pairs:
-                self.shifts[name] = PerturbationShifts.fit(*pairs[name])
-            else:
+            material.setdefault(task.name, []).append(writers[task.name].material(task, known, unknown, target))
+        for name in self.tasks:
+            if not material.get(name):
                 raise TeacherError(
                     f"The training split has no rows of task '{name}' to learn from; rebuild the tasks folder."
                 )
+            self.knowledge[name] = writers[name].fit(*map(list, zip(*material[name], strict=True)))
         return self
 
     # ------------------------------------------------------------------ generation
@@ -115,7 +134,7 @@ class OfflineTeacher(Teacher):
         for request in requests:
             self.usage.add(requests=1)
             task = self.tasks.get(request.task)
-            if task is None or (request.task not in self.profiles and request.task not in self.shifts):
+            if task is None or request.task not in self.knowledge:
                 self.usage.add(failures=1)
                 out.append(Generation([], error=f"{request.key}: the offline teacher was not fitted for task '{request.task}'"))
                 continue
@@ -127,12 +146,8 @@ class OfflineTeacher(Teacher):
         return out
 
     def _write(self, task: Task, request: TeacherRequest, rng: random.Random) -> str:
-        dual = request.direction == "dual"
-        if isinstance(task, InpaintingTask):
-            return self._inpainting_dual(task, request, rng) if dual else self._classify(task, request, rng)
-        if isinstance(task, GenerationTask):
-            return self._generation_dual(task, request, rng) if dual else self._generate_cell(task, request, rng)
-        return self._perturbation_dual(task, request, rng) if dual else self._perturb(task, request, rng)
+        writer = self._writer(task)
+        return (writer.dual if request.direction == "dual" else writer.primal)(self, task, request, rng)
 
     # ---- classification (annotation, sensitivity) -------------------------------------------
     def _explain_label(self, profiles: ClassProfiles, cell: Sequence[str], label: str, rng: random.Random,
@@ -160,9 +175,9 @@ class OfflineTeacher(Teacher):
         ))
         return f"{context}{opening}{_join(cites)}. {closing}"
 
-    def _classify(self, task: InpaintingTask, request: TeacherRequest, rng: random.Random) -> str:
-        profiles = self.profiles[task.name]
-        cell = full_cell(request.known, request.unknown)
+    def _classify(self, task: Task, request: TeacherRequest, rng: random.Random) -> str:
+        profiles = self.knowledge[task.name]
+        cell = task.input_cell(request.known, request.unknown) or []
         scores = profiles.scores(cell)
         label = profiles.labels[_softmax_sample(scores, self.temperature, rng)]
         ranked = [profiles.labels[i] for i in np.argsort(-scores)]
@@ -175,8 +190,8 @@ class OfflineTeacher(Teacher):
                 text += f" {alt[0][0]} (rank {alt[0][1]}) hints at {runner}, but the evidence for it is weaker."
         return format_response(text, task.render_answer(label))
 
-    def _inpainting_dual(self, task: InpaintingTask, request: TeacherRequest, rng: random.Random) -> str:
-        profiles = self.profiles[task.name]
+    def _inpainting_dual(self, task: Task, request: TeacherRequest, rng: random.Random) -> str:
+        profiles = self.knowledge[task.name]
         label = str(loads_if_str(request.target))
         masked = request.known.get("masked") or []
         gaps = [i + 1 for i, g in enumerate(masked) if g is None]
@@ -211,8 +226,8 @@ class OfflineTeacher(Teacher):
         order = np.argsort(-noisy)
         return [genes[i] for i in order[:length] if base[i] > 0]
 
-    def _generate_cell(self, task: GenerationTask, request: TeacherRequest, rng: random.Random) -> str:
-        profiles = self.profiles[task.name]
+    def _generate_cell(self, task: Any, request: TeacherRequest, rng: random.Random) -> str:
+        profiles = self.knowledge[task.name]
         label = str(request.unknown.get("cell_type", ""))
         if label not in profiles.labels:
             return format_response(f"No training cells of type {label} are known to me.", "")
@@ -236,16 +251,16 @@ class OfflineTeacher(Teacher):
                             " Lower ranks follow typical expression, allowing some variability."))
         return format_response(text, task.render_answer(cell))
 
-    def _generation_dual(self, task: GenerationTask, request: TeacherRequest, rng: random.Random) -> str:
-        profiles = self.profiles[task.name]
+    def _generation_dual(self, task: Any, request: TeacherRequest, rng: random.Random) -> str:
+        profiles = self.knowledge[task.name]
         cell = list(loads_if_str(request.target) or [])[: task.max_genes]
         label = str(request.unknown.get("cell_type", ""))
         text = self._explain_label(profiles, cell, label, rng) if label in profiles.labels else ""
         return format_response(text or f"The profile matches {label}.", request.reference or label)
 
     # ---- perturbation ------------------------------------------------------------------------
-    def _perturb(self, task: PerturbationTask, request: TeacherRequest, rng: random.Random) -> str:
-        shifts = self.shifts[task.name]
+    def _perturb(self, task: Any, request: TeacherRequest, rng: random.Random) -> str:
+        shifts = self.knowledge[task.name]
         name = task.render_unknown(request.unknown)
         control = list(request.known.get("control") or [])
         base = np.zeros(len(shifts.genes), dtype=np.float32)
@@ -279,8 +294,8 @@ class OfflineTeacher(Teacher):
                              " The remaining genes follow the control ranking."))
         return format_response(text, task.render_answer(cell))
 
-    def _perturbation_dual(self, task: PerturbationTask, request: TeacherRequest, rng: random.Random) -> str:
-        shifts = self.shifts[task.name]
+    def _perturbation_dual(self, task: Any, request: TeacherRequest, rng: random.Random) -> str:
+        shifts = self.knowledge[task.name]
         control = list(request.known.get("control") or [])
         post = list(loads_if_str(request.target) or [])
         name = request.reference or task.render_unknown(request.unknown)
@@ -326,3 +341,15 @@ def loads_if_str(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+# ---- the built-in writers (a task names one through Task.offline_traces) ----------------------
+register_trace_writer("labels", TraceWriter(
+    material=lambda task, known, unknown, target: (task.input_cell(known, unknown), str(target)),
+    fit=ClassProfiles.fit, primal=OfflineTeacher._classify, dual=OfflineTeacher._inpainting_dual))
+register_trace_writer("generation", TraceWriter(
+    material=lambda task, known, unknown, target: (list(target), task.render_unknown(unknown)),
+    fit=ClassProfiles.fit, primal=OfflineTeacher._generate_cell, dual=OfflineTeacher._generation_dual))
+register_trace_writer("perturbation", TraceWriter(
+    material=lambda task, known, unknown, target: (list(known["control"]), list(target), task.render_unknown(unknown)),
+    fit=PerturbationShifts.fit, primal=OfflineTeacher._perturb, dual=OfflineTeacher._perturbation_dual))
