@@ -73,13 +73,11 @@ def test_a_plugin_task_runs_end_to_end(plugin, pbmc_small, tmp_path, capsys):
     baselines = json.loads((tmp_path / "eval" / "baselines.json").read_text())["condition"]
     assert set(baselines) == {"logreg", "knn10"} and baselines["logreg"]["accuracy"] > 0.3
 
-    # predict: the shared classification path of inference, keyed by the task name
-    from cellduality.inference.predict import _classify
+    # predict: inference's generic path for classification tasks, keyed by the task name
+    from cellduality.inference import predict_labels
 
-    adata = pbmc_small[:12].copy()
-    result = _classify(adata, tmp_path / "grpo_likelihood", "condition", {}, "condition", n_samples=1,
-                       temperature=1.0, batch_size=12, max_new_tokens=8, min_overlap=0.0, seed=0, copy=True,
-                       device="cpu", sentence_options={}, method="fast")
+    result = predict_labels(pbmc_small[:12].copy(), tmp_path / "grpo_likelihood", "condition", batch_size=12,
+                            max_new_tokens=8, min_overlap=0.0, device="cpu")
     labels = set(json.loads((tmp_path / "t" / "tasks.json").read_text())["tasks"]["condition"]["context"]["labels"])
     assert set(result.obs["cellduality_condition"].astype(str)) <= labels
     assert result.uns["cellduality"]["condition"]["labels"] == sorted(labels)

@@ -7,6 +7,7 @@ from cellduality.inference.predict import (
     gene_overlap,
     generate_cells,
     perturb,
+    predict_labels,
     predict_sensitivity,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "gene_overlap",
     "generate_cells",
     "perturb",
+    "predict_labels",
     "predict_sensitivity",
 ]

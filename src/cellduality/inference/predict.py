@@ -341,6 +341,31 @@ def predict_sensitivity(
                      fast=_fast_options(explain, explain_least_confident, direct, progress, warn))
 
 
+
+_RUN_DEFAULTS = {"n_samples": 4, "temperature": 0.8, "batch_size": 32, "max_new_tokens": 160, "min_overlap": 0.5,
+                 "seed": 0, "copy": True, "false_claims": "mark", "tasks_dir": None, "method": "fast"}
+_FAST_DEFAULTS = {"explain": False, "explain_least_confident": 0, "direct": None, "progress": None, "warn": None}
+
+
+def predict_labels(adata: AnnData, model: CellDualityModel | str, task: str, *,
+                   extra_input: dict[str, Any] | None = None, column: str | None = None,
+                   device: str | None = None, **options: Any) -> AnnData:
+    """Any classification task of the model whose primal input is a cell, a plug-in task included.
+
+    Adds ``.obs['cellduality_<column or task>' | '_reasoning' | '_confidence']`` and the run under
+    ``.uns['cellduality'][task]``; ``extra_input`` holds the task's other inputs (e.g.
+    ``{"drug": ...}``). ``options``: those of :func:`annotate` with its defaults (``n_samples``,
+    ``method``, ``explain``, ``copy``, ...); the rest are sentence options.
+    """
+    mdl = _as_model(model, device)
+    found = mdl.task(task)
+    if found.kind != "classification":
+        raise CellDualityError(f"Task '{task}' is {found.kind}; predict_labels serves classification tasks.")
+    run = {k: options.pop(k, default) for k, default in _RUN_DEFAULTS.items()}
+    fast = _fast_options(*(options.pop(k, default) for k, default in _FAST_DEFAULTS.items()))
+    return _classify(adata, mdl, task, dict(extra_input or {}), column or task, **run, device=device,
+                     sentence_options=options, fast=fast)
+
 @dataclass
 class GeneratedCells:
     """Primal generations of a generative task, read back by its dual, with their expression."""
