@@ -207,11 +207,6 @@ class Task(ABC):
         values = validate_options(self.name, self.options_model, {**self.context.options, **options})
         self.options: dict[str, Any] = values.model_dump()
 
-    def set_options(self) -> dict[str, Any]:
-        """The options that differ from their defaults (what ``tasks.json`` records)."""
-        defaults = self.options_model().model_dump()
-        return {k: v for k, v in self.options.items() if v != defaults.get(k)}
-
     def input_cell(self, known: Known, unknown: Unknown) -> list[str] | None:
         """The whole cell the primal was shown, rebuilt from ``(x_k, x_u)``; ``None`` when the
         primal input is not a cell (generation). Baselines and the offline teacher read it."""

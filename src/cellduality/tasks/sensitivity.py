@@ -58,7 +58,7 @@ class SensitivityTask(InpaintingTask):
 
     @classmethod
     def extras_context(cls, cells: CellSentenceDataset, indices: Sequence[int], options: dict[str, Any]) -> dict:
-        drug_key = options.get("drug_key", "drug")
+        drug_key = options.get("drug_key") or SensitivityOptions().drug_key
         if drug_key in cells.obs.columns:
             options["drug_key"] = drug_key
             drugs = sorted({str(cells.obs[drug_key].iloc[i]) for i in indices})
