@@ -46,3 +46,14 @@ def test_tasks_json_records_the_options_used(pbmc_small, tmp_path):
     with pytest.raises(CellDualityError, match="did you mean 'hide'"):
         build_task_datasets(cells, ["annotation"], tmp_path / "u", task_options={"annotation": {"hid": "tail"}})
     assert not (tmp_path / "u").exists()
+
+
+def test_tasks_list_shows_the_declared_options(capsys):
+    from cellduality.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["tasks", "list", "--options"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "annotation.n_hidden=8  (int)" in out and "perturbation.include_control=True  (bool)" in out
+    assert "annotation.hide='interleaved'  (one of interleaved, random, tail)" in out

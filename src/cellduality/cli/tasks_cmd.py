@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 
@@ -73,7 +74,8 @@ def build(
     seed: int = typer.Option(0, help="Seed for prompts, hidden genes, control pairing and mixing."),
     max_genes: int | None = typer.Option(None, min=2, help="Genes of a cell shown in prompts (default 32)."),
     max_examples: int | None = typer.Option(None, min=1, help="At most this many cells per task and split."),
-    option: list[str] = typer.Option([], help="Task option task.key=value, e.g. perturbation.group_key=cell_type."),
+    option: list[str] = typer.Option([], help="Task option task.key=value, e.g. perturbation.group_key=cell_type "
+                                                    "(all of them: `cellduality tasks list --options`)."),
     overwrite: bool = typer.Option(False, help="Replace OUT_DIR if it holds an earlier `tasks build` output."),
     validation_fraction: float = typer.Option(0.0, min=0.0, max=0.95,
                                               help="Carve this share of the training cells into a validation split."),
@@ -109,13 +111,21 @@ def build(
 
 
 @tasks_app.command("list")
-def list_tasks() -> None:
+def list_tasks(
+    options: bool = typer.Option(False, "--options", help="Also list each task's options: type, default, meaning."),
+) -> None:
     """List the registered tasks and what each one maps to what."""
     from cellduality.tasks.base import TASKS, get_task
 
     get_task("annotation")  # imports and registers the built-in tasks
     for name, cls in sorted(TASKS.items()):
         typer.echo(f"{name:14s} {cls.kind:15s} {cls.description}")
+        if options:  # read from the task's options model: the one declaration `--option` is checked against
+            for key, info in cls.options_model.model_fields.items():
+                kind = str(info.annotation).replace("typing.", "")
+                kind = "one of " + ", ".join(get_args(info.annotation)) if kind.startswith("Literal") else \
+                    getattr(info.annotation, "__name__", kind)
+                typer.echo(f"    {name}.{key}={info.default!r}  ({kind}) {info.description or ''}".rstrip())
 
 
 def register(app: typer.Typer) -> None:
