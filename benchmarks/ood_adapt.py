@@ -96,13 +96,12 @@ def oracle_tasks(model: Path, labelled: Path, label_key: str, out: Path, seed: i
 def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_size: int = 64) -> None:
     """Greedy annotation accuracy / macro-F1 of ``model`` on labelled cells (prompts as ``adapt`` builds them)."""
     import anndata as ad
-    import torch
     from sklearn.metrics import accuracy_score, f1_score
 
     from cellduality.adaptation.rows import build_rows
     from cellduality.inference.model import CellDualityModel
 
-    mdl = CellDualityModel.load(model, device="cuda" if torch.cuda.is_available() else None)
+    mdl = CellDualityModel.load(model)
     cells = ad.read_h5ad(cells_path)
     task = mdl.task("annotation")
     examples = build_rows(cells, {"annotation": task}, seed=0, min_overlap=0.0).examples["annotation"]

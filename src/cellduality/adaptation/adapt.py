@@ -158,12 +158,10 @@ def _diagnose(model_dir: Path, tasks: Any, rows: Any, settings: GRPOSettings, ce
               echo: Callable[[str], None]) -> dict[str, Any]:
     import gc
 
-    import torch
-
     from cellduality.adaptation.diagnostics import label_free_diagnostics
     from cellduality.inference.model import CellDualityModel
 
-    mdl = CellDualityModel.load(model_dir, device="cuda" if torch.cuda.is_available() else None)
+    mdl = CellDualityModel.load(model_dir)
     try:
         report = label_free_diagnostics(mdl, tasks, {n: rows.examples[n] for n in rows.counts}, settings=settings,
                                         max_examples=cells, seed=seed)

@@ -33,8 +33,12 @@ class CellDualityModel:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> CellDualityModel:
-        """Load a model folder written by ``cellduality sft`` or ``cellduality grpo``."""
+        """Load a model folder written by ``cellduality sft`` or ``cellduality grpo``.
+
+        ``device=None``: the GPU when there is one (:func:`~cellduality.models.loading.inference_device`).
+        """
         from cellduality.models import load_model, read_model_info
+        from cellduality.models.loading import inference_device
         from cellduality.tasks import load_tasks
 
         folder = Path(path)
@@ -44,7 +48,7 @@ class CellDualityModel:
         tasks = load_tasks(folder / "cellduality.json")
         if not tasks:
             raise ModelError(f"{folder} records no tasks in cellduality.json; re-train it with `cellduality sft`.")
-        model, tokenizer = load_model(str(folder), device=device)
+        model, tokenizer = load_model(str(folder), device=device or inference_device())
         return cls(path=folder, model=model, tokenizer=tokenizer, info=info, tasks=tasks)
 
     def task(self, name: str) -> Task:

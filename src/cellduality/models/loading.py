@@ -62,22 +62,23 @@ def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def default_dtype(device: str | None = None) -> torch.dtype:
-    """float32 on CPU (bf16 matmuls are ~500x slower there, STACK.md); bf16 on a GPU that has it."""
+    """The dtype for a model that will live on ``device`` (``None``: where it was built, the CPU).
+
+    float32 on the CPU (bf16 matmuls are ~500x slower there, STACK.md); bf16 on a GPU that has it.
+    Keyed on the *target* device, not on whether the machine has a GPU: a model left on the CPU of
+    a GPU machine in bf16 computed hundreds of times slower.
+    """
     import torch
 
-    on_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    on_cuda = device is not None and str(device).startswith("cuda") and torch.cuda.is_available()
     if on_cuda and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
 def inference_device() -> str | None:
-    """``"cuda"`` when a GPU is present, else ``None`` (CPU) -- for evaluation and diagnostics.
-
-    :func:`load_model` leaves the model where it was built unless told otherwise (trainers place it
-    per process themselves), but picks bf16 when a GPU has it: a caller that runs the model itself
-    must therefore move it, or it computes in bf16 on the CPU, hundreds of times slower.
-    """
+    """``"cuda"`` when a GPU is present, else ``None`` (CPU): where evaluation, diagnostics and
+    inference run a model themselves (trainers place it per process on their own)."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else None
