@@ -3,7 +3,7 @@
 Fast annotation asks "how probable is each candidate label after this cell's prompt?".
 :func:`~cellduality.models.scoring.score_continuations` answers it with one sequence per
 (cell, label), so a 113-token prompt is run ten times for ten labels. Here each prompt (plus a
-shared answer prefix such as ``<think>  </think> <answer>``) runs **once** with the KV cache; each
+shared answer prefix such as ``<answer>``) runs **once** with the KV cache; each
 candidate's few tokens then run against that cache (which is cropped back after each candidate).
 On the quickstart model that is ~160 token-forwards per cell instead of ~1,250.
 
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellduality.models.loading import format_prompt
+from cellduality.models.scoring import length_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -78,7 +79,6 @@ def score_candidates(
     prompt_ids = tokenizer(text=[format_prompt(tokenizer, p) for p in prompts])["input_ids"]
     prefix_ids = tokenizer(text=list(prefixes), add_special_tokens=False)["input_ids"]
     seqs = [list(p) + list(q) for p, q in zip(prompt_ids, prefix_ids, strict=True)]
-    order = sorted(range(n), key=lambda i: len(seqs[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     out_c = np.zeros((n, k))
@@ -87,17 +87,11 @@ def score_candidates(
     try:
         model.eval()
         with torch.no_grad():
-            start = 0
-            while start < n:
-                stop = start + 1
-                while stop < n and len(seqs[order[stop]]) * (stop - start + 1) <= max_tokens_per_batch:
-                    stop += 1
-                rows = order[start:stop]
+            for rows in length_batches([len(seq) for seq in seqs], max_tokens_per_batch):
                 _score_batch(model, [seqs[i] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids, pad,
                              device, out_c, out_p, rows)
                 if on_batch is not None:
                     on_batch(len(rows))
-                start = stop
     finally:
         model.train(was_training)
     return CandidateScores(out_c, out_p)

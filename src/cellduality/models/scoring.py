@@ -10,7 +10,7 @@ padded batches (little padding), the model runs once per batch in ``eval()`` und
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,20 @@ def _encode_pairs(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
     return [(list(p) + list(c), len(p)) for p, c in zip(prompt_ids, cont_ids, strict=True)]
 
 
+def length_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> Iterator[list[int]]:
+    """Row indices in increasing length, grouped so a batch padded to its longest row holds at
+    most ``max_tokens_per_batch`` tokens (a row longer than that is a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        # lengths grow along ``order``: extend while the padded batch stays in budget
+        while stop < len(order) and lengths[order[stop]] * (stop - start + 1) <= max_tokens_per_batch:
+            stop += 1
+        yield order[start:stop]
+        start = stop
+
+
 def score_continuations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -68,7 +82,6 @@ def score_continuations(
     if not prompts:
         return []
     encoded = _encode_pairs(tokenizer, prompts, continuations)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     results: list[ContinuationScore | None] = [None] * len(encoded)
@@ -76,14 +89,7 @@ def score_continuations(
     try:
         model.eval()
         with torch.no_grad():
-            start = 0
-            while start < len(order):
-                width = len(encoded[order[start]][0])
-                stop = start + 1
-                # lengths grow along ``order``: extend while the padded batch stays in budget
-                while stop < len(order) and len(encoded[order[stop]][0]) * (stop - start + 1) <= max_tokens_per_batch:
-                    stop += 1
-                rows = order[start:stop]
+            for rows in length_batches([len(seq) for seq, _ in encoded], max_tokens_per_batch):
                 width = len(encoded[rows[-1]][0])
                 ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -99,7 +105,6 @@ def score_continuations(
                     n = len(seq) - boundary
                     value = float(token_logp[r, boundary - 1 : len(seq) - 1].sum()) if n else 0.0
                     results[i] = ContinuationScore(value, n)
-                start = stop
     finally:
         model.train(was_training)
     return [r for r in results if r is not None]
