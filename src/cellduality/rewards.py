@@ -329,12 +329,12 @@ class DualLikelihoodReward(_TaskReward):
 def likelihood_reward(scores: Sequence[Any], index: int, temperature: float = 1.0) -> float:
     """Softmax of ``scores[*].logprob / temperature`` at ``index``; one score: its per-token probability."""
     if len(scores) == 1:
-        return math.exp(scores[0].mean_logprob)
-    logits = [s.logprob / temperature for s in scores]
-    top = max(logits)
-    total = sum(math.exp(v - top) for v in logits)
-    value = math.exp(logits[index] - top) / total
-    if not 0.0 <= value <= 1.0:
+        value = math.exp(scores[0].mean_logprob)
+    else:
+        logits = [s.logprob / temperature for s in scores]
+        top = max(logits)
+        value = math.exp(logits[index] - top) / sum(math.exp(v - top) for v in logits)
+    if not 0.0 <= value <= 1.0:  # NaN too: a scorer bug, never a silent reward
         raise ValueError(f"likelihood reward {value!r} outside [0, 1] (scores {scores})")
     return value
 
