@@ -16,12 +16,15 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:  # pragma: no cover  (runtime import would be circular: tasks use rwjs)
     from cellduality.tasks.base import Task
 
 GenerateFn = Callable[[list[str]], list[str]]
+DualRewardMode = Literal["likelihood", "paper"]
+"""How the duality reward reads the dual: :class:`DualLikelihoodReward` or :class:`DualityReward`."""
+DUAL_REWARDS: tuple[str, ...] = get_args(DualRewardMode)
 ParsedRow = tuple[int, "Task", Any, dict[str, Any]]
 
 

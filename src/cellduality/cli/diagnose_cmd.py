@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from cellduality.errors import CellDualityError
-        from cellduality.evaluation.reward_diagnostics import DUAL_REWARDS, diagnose_rewards
+        from cellduality.evaluation.reward_diagnostics import diagnose_rewards
+        from cellduality.rewards import DUAL_REWARDS
 
         if reward not in DUAL_REWARDS:
             raise CellDualityError(f"--reward must be one of {', '.join(DUAL_REWARDS)}, not '{reward}'.")

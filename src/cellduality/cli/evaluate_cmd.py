@@ -38,12 +38,13 @@ def register(app: typer.Typer) -> None:
         from cellduality.evaluation.evaluate import evaluate_model
         from cellduality.models.loading import read_model_info
         from cellduality.outputs import check_output_dir
+        from cellduality.rewards import DUAL_REWARDS
         from cellduality.validation import require_test_rows
 
-        if dual_reward not in ("likelihood", "paper"):
+        if dual_reward not in DUAL_REWARDS:
             from cellduality.errors import CellDualityError
 
-            raise CellDualityError(f"--dual-reward must be likelihood or paper, not '{dual_reward}'.")
+            raise CellDualityError(f"--dual-reward must be one of {', '.join(DUAL_REWARDS)}, not '{dual_reward}'.")
 
         # every check before the model is loaded: OUT never replaces the model, the tasks or a user's files
         check_output_dir(out_dir, "evaluate", inputs=[model_dir, tasks_dir], overwrite=overwrite)

@@ -22,13 +22,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cellduality.errors import CellDualityError
+from cellduality.rewards import DUAL_REWARDS, DualRewardMode
 from cellduality.tasks.base import Task, format_response, loads
-
-DualRewardMode = Literal["likelihood", "paper"]
-DUAL_REWARDS: tuple[str, ...] = ("likelihood", "paper")
 
 
 def make_duality_reward(tasks: Mapping[str, Task], mode: DualRewardMode, model: Any, tokenizer: Any, *,

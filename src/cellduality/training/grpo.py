@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from cellduality.errors import CellDualityError, ConfigError
+from cellduality.rewards import DualRewardMode
 from cellduality.tasks.base import gene_vocabulary
 from cellduality.training.common import CHECKPOINTS
 from cellduality.training.grpo_metrics import (
@@ -86,7 +87,7 @@ class GRPOSettings(TRLSettings):
     task_weights: dict[str, float] = Field(default_factory=dict, description="task -> sampling weight (1 if absent)")
     train_split: str = Field("train", description="split of the rl / rl_oracle set to train on")
     # the dual pass of the duality reward
-    dual_reward: Literal["likelihood", "paper"] = Field(
+    dual_reward: DualRewardMode = Field(
         "likelihood", description="likelihood: the dual's teacher-forced probability of x_u against the "
         "candidates (one forward pass); paper: a generated dual scored by RWJS / exact recovery (paper §3.4.1)")
     likelihood_temperature: float = Field(1.0, gt=0, description="divides dual log-likelihoods before the softmax")
