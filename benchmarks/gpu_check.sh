@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/log.txt"
 # First stages on a CPU, with a tiny budget (about 2 minutes on 2 cores):
 #   PRESET=tiny SFT_EPOCHS=0.05 GRPO_STEPS=1 GRPO_G=4 GRPO_PROMPTS=2 GRPO_TOKENS=32 EVAL_N=8 \
-#     ANNOTATE_CELLS=200 REASONING_CELLS=8 FULL_CELLS=16 OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+#     ANNOTATE_CELLS=200 REASONING_CELLS=8 FULL_CELLS=16 OUT=runs/gpu_check bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_check_out}"
