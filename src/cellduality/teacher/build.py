@@ -346,12 +346,12 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                 for completion in completions:
                     rows.append({"prompt": rec["prompt"], "completion": completion, "task": rec["task"],
                                  "direction": direction, "id": row_id})
-                if direction == "primal" and completions and rec["task"] in (direct_primal or ()):
-                    rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"], "direction": "primal_direct",
-                                 "completion": direct_response(extract_answer(completions[0]) or ""),
-                                 "id": row_id})
-                if direction == "dual" and direct_dual and completions:
-                    rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"], "direction": "dual_direct",
+                if not completions:
+                    continue
+                direct = rec["task"] in (direct_primal or ()) if direction == "primal" else direct_dual
+                if direct:  # the same prompt's answer alone, asked for by its own prompt
+                    rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"],
+                                 "direction": f"{direction}_direct",
                                  "completion": direct_response(extract_answer(completions[0]) or ""),
                                  "id": row_id})
         if split == "train" and not rows:
