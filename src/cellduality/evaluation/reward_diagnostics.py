@@ -100,9 +100,9 @@ def own_answers(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, gene
     prompts = [row["prompt"] for row in rows for _ in range(num_generations)]
     completions = generate(prompts)
     rewards = reward(prompts, completions, **_columns(rows, repeat=num_generations))
-    truth = [task.ground_truth_score(loads(row["target"]), task.parse_primal(text))
-             if task.parse_primal(text) is not None else 0.0
-             for row, text in zip([r for r in rows for _ in range(num_generations)], completions, strict=True)]
+    answers = [task.parse_primal(text) for text in completions]
+    truth = [task.ground_truth_score(loads(row["target"]), answer) if answer is not None else 0.0
+             for row, answer in zip([r for r in rows for _ in range(num_generations)], answers, strict=True)]
     groups = [rewards[i:i + num_generations] for i in range(0, len(rewards), num_generations)]
     out: dict[str, Any] = {
         "n_prompts": len(rows),
@@ -110,7 +110,7 @@ def own_answers(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, gene
         "zero_spread_share": sum(max(g) - min(g) < 1e-9 for g in groups) / len(groups),
         "mean_reward": sum(rewards) / len(rewards),
         "sampled_oracle_score": sum(truth) / len(truth),
-        "malformed_share": sum(task.parse_primal(t) is None for t in completions) / len(completions),
+        "malformed_share": sum(a is None for a in answers) / len(answers),
     }
     if task.kind == "classification":
         out["own_answer_auc"] = _auc([r for r, t in zip(rewards, truth, strict=True) if t >= 1.0],
