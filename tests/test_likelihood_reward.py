@@ -122,3 +122,43 @@ def test_a_bug_in_the_scorer_or_distance_raises_instead_of_rewarding_zero():
     broken_task = Broken(task.context, **task.options)
     with pytest.raises(KeyError):
         broken_task.duality_score(unknown, format_response("", "G2 G4"))
+
+
+def test_calibration_removes_a_label_bias_of_the_dual_without_reading_labels():
+    """A dual that likes "B cell" for every cell: uncalibrated, B wins everywhere; calibrated, the truth wins."""
+    task = get_task("annotation", TaskContext(labels=LABELS, genes=GENES), max_genes=8, n_hidden=2)
+    cells = {  # hidden genes -> the label that really explains them
+        ("G2", "G4"): "NK cell", ("G6", "G8"): "T cell", ("G10", "G12"): "B cell", ("G14", "G16"): "T cell"}
+
+    def score(prompts, targets):
+        out = []
+        for prompt, target in zip(prompts, targets, strict=True):
+            hidden = tuple(target.split()[1:3])
+            bonus = 3.0 if f"a {cells[hidden]} cell" in prompt or f": {cells[hidden]}." in prompt else 0.0
+            bias = 4.0 if "B cell" in prompt else 0.0  # the dual's label prior
+            out.append(ContinuationScore(-10.0 + bonus + bias, 4))
+        return out
+
+    rows = []
+    for hidden, truth in cells.items():
+        known = {"masked": ["G1", None, "G3", None, "G5"]}
+        for label in LABELS:
+            rows.append((dumps(known), dumps({"hidden": list(hidden)}), label, label == truth))
+    columns = {"task": ["annotation"] * len(rows), "known": [r[0] for r in rows], "unknown": [r[1] for r in rows],
+               "seed": [0] * len(rows)}
+    completions = [format_response("", r[2]) for r in rows]
+    plain = DualLikelihoodReward({"annotation": task}, score)([""] * len(rows), completions, **columns)
+    calibrated_reward = DualLikelihoodReward({"annotation": task}, score, calibrate=True)
+    calibrated = calibrated_reward([""] * len(rows), completions, **columns)
+
+    def wins(rewards):  # cells whose true label gets the highest reward
+        per_cell = [rewards[i:i + len(LABELS)] for i in range(0, len(rows), len(LABELS))]
+        truths = [[r[3] for r in rows[i:i + len(LABELS)]] for i in range(0, len(rows), len(LABELS))]
+        return sum(t[max(range(len(LABELS)), key=r.__getitem__)] for r, t in zip(per_cell, truths, strict=True))
+
+    assert wins(plain) == 1  # only the B cell
+    assert wins(calibrated) == len(cells)
+    prior = calibrated_reward.candidate_prior("annotation", list(LABELS))
+    assert prior[0] == max(prior) and sum(prior) == pytest.approx(1.0)  # it learned the dual likes B
+    with pytest.raises(ValueError):
+        DualLikelihoodReward({"annotation": task}, score, prior_decay=1.0)

@@ -280,22 +280,56 @@ class DualLikelihoodReward(_TaskReward):
     label set. ``temperature`` divides the log-likelihoods before the softmax (> 1 softens an
     over-confident dual). ``score`` (``(prompts, targets) -> ContinuationScore``) is attached
     after construction by the GRPO trainer, like :attr:`DualityReward.generate`.
+
+    ``calibrate`` removes the dual's *candidate prior*: a small dual prefers some labels whatever
+    the cell (on pbmc68k the quickstart model's dual likes "CD19+ B", and uncalibrated duality
+    GRPO turned T cells into B cells). GRPO's group normalisation cannot cancel such a bias, since
+    it differs between the answers of one group. With ``calibrate`` the posterior is divided by
+    the dual's average posterior of each candidate over the cells it has scored (a running mean,
+    ``prior_decay`` per call, no label read) -- contextual calibration in the sense of Zhao et
+    al. 2021 -- so a label is rewarded for explaining *this* cell better than it explains cells
+    in general.
     """
 
     __name__ = "duality"
 
     def __init__(self, tasks: Mapping[str, Task], score: Callable[..., Any] | None = None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, calibrate: bool = False, prior_decay: float = 0.9) -> None:
         super().__init__(tasks)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= prior_decay < 1.0:
+            raise ValueError(f"prior_decay must be in [0, 1), got {prior_decay}")
         self.score = score
         self.temperature = temperature
+        self.calibrate = calibrate
+        self.prior_decay = prior_decay
+        self._prior_sum: dict[tuple[str, str], float] = defaultdict(float)  # (task, key) -> decayed sum
+        self._prior_n: dict[str, float] = defaultdict(float)  # task -> decayed number of scored inputs
+
+    def candidate_prior(self, task: str, keys: Sequence[str]) -> list[float]:
+        """The dual's running mean posterior of each candidate (uniform before anything is seen)."""
+        n = self._prior_n.get(task, 0.0)
+        if n <= 0:
+            return [1.0 / len(keys)] * len(keys)
+        return [self._prior_sum.get((task, k), 0.0) / n or 1.0 / len(keys) for k in keys]
+
+    def _update_prior(self, units: Sequence[tuple[str, Sequence[str], Sequence[float]]]) -> None:
+        """Fold this call's posteriors ``(task, keys, posterior)``, one per distinct input, into the prior."""
+        for task in {task for task, _, _ in units}:
+            for key in [k for t, k in self._prior_sum if t == task]:
+                self._prior_sum[(task, key)] *= self.prior_decay
+            self._prior_n[task] *= self.prior_decay
+        for task, keys, posterior in units:
+            self._prior_n[task] += 1
+            for key, p in zip(keys, posterior, strict=True):
+                self._prior_sum[(task, key)] += p
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         n = len(completions)
         names, parsed, malformed = self._parsed(completions, kwargs)
         queries: dict[int, Any] = {}
+        task_of: dict[int, str] = {}
         pairs: dict[tuple[str, str], int] = {}  # distinct (prompt, target) -> slot
         for i, task, answer, row in parsed:
             query = task.likelihood_queries(answer, _json(row["known"]) or {}, _json(row["unknown"]),
@@ -303,6 +337,7 @@ class DualLikelihoodReward(_TaskReward):
             for pair in zip(query.prompts, query.targets, strict=True):
                 pairs.setdefault(pair, len(pairs))
             queries[i] = query
+            task_of[i] = task.name
 
         score_seconds = 0.0
         rewards = [0.0] * n
@@ -315,9 +350,19 @@ class DualLikelihoodReward(_TaskReward):
             score_seconds = time.perf_counter() - start
             if len(scored) != len(distinct):
                 raise ValueError(f"score returned {len(scored)} values for {len(distinct)} pairs")
+            values = {i: [scored[pairs[pair]] for pair in zip(query.prompts, query.targets, strict=True)]
+                      for i, query in queries.items()}
+            if self.calibrate:
+                units: dict[tuple[Any, ...], tuple[str, Sequence[str], list[float]]] = {}
+                for i, query in queries.items():  # the answers of one cell share their query: count it once
+                    if query.keys and len(query.keys) > 1:
+                        units[(task_of[i], tuple(query.prompts), tuple(query.targets))] = (
+                            task_of[i], query.keys, likelihood_posterior(values[i], self.temperature))
+                self._update_prior(list(units.values()))
             for i, query in queries.items():
-                values = [scored[pairs[pair]] for pair in zip(query.prompts, query.targets, strict=True)]
-                rewards[i] = likelihood_reward(values, query.index, self.temperature)
+                prior = (self.candidate_prior(task_of[i], query.keys)
+                         if self.calibrate and query.keys and len(query.keys) > 1 else None)
+                rewards[i] = likelihood_reward(values[i], query.index, self.temperature, prior)
 
         stats = {
             "primal_malformed_rate": malformed / n if n else 0.0,
@@ -329,14 +374,31 @@ class DualLikelihoodReward(_TaskReward):
         return rewards
 
 
-def likelihood_reward(scores: Sequence[Any], index: int, temperature: float = 1.0) -> float:
-    """Softmax of ``scores[*].logprob / temperature`` at ``index``; one score: its per-token probability."""
+def likelihood_posterior(scores: Sequence[Any], temperature: float = 1.0) -> list[float]:
+    """Softmax of ``scores[*].logprob / temperature`` (the posterior over the candidates)."""
+    logits = [s.logprob / temperature for s in scores]
+    top = max(logits)
+    weights = [math.exp(v - top) for v in logits]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def likelihood_reward(scores: Sequence[Any], index: int, temperature: float = 1.0,
+                      prior: Sequence[float] | None = None) -> float:
+    """Softmax of ``scores[*].logprob / temperature`` at ``index``; one score: its per-token probability.
+
+    ``prior`` (the dual's mean posterior per candidate, :meth:`DualLikelihoodReward.candidate_prior`)
+    divides the posterior before renormalising: the calibrated reward.
+    """
     if len(scores) == 1:
         value = math.exp(scores[0].mean_logprob)
     else:
-        logits = [s.logprob / temperature for s in scores]
-        top = max(logits)
-        value = math.exp(logits[index] - top) / sum(math.exp(v - top) for v in logits)
+        posterior = likelihood_posterior(scores, temperature)
+        if prior is not None:
+            if len(prior) != len(posterior) or min(prior) <= 0:
+                raise ValueError(f"prior {prior!r} does not fit {len(posterior)} candidates")
+            posterior = [p / q for p, q in zip(posterior, prior, strict=True)]
+        value = posterior[index] / sum(posterior)
     if not 0.0 <= value <= 1.0:  # NaN too: a scorer bug, never a silent reward
         raise ValueError(f"likelihood reward {value!r} outside [0, 1] (scores {scores})")
     return value

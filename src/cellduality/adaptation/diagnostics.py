@@ -49,7 +49,8 @@ def label_free_diagnostics(model: Any, tasks: Mapping[str, Task], examples: Mapp
 
     reward = make_duality_reward(tasks, settings.dual_reward, model.model, model.tokenizer,
                                  dual_max_new_tokens=settings.dual_max_new_tokens,
-                                 temperature=settings.likelihood_temperature)
+                                 temperature=settings.likelihood_temperature,
+                                 calibrate=settings.likelihood_calibration)
     greedy = model.generator(max_new_tokens=settings.max_completion_length, batch_size=32, seed=seed)
     sample = model.generator(max_new_tokens=settings.max_completion_length, do_sample=True,
                              temperature=settings.temperature, batch_size=64, seed=seed)

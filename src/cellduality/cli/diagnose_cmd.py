@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(1.0, min=1e-6, help="Sampling temperature (as in GRPO)."),
         max_completion_length: int = typer.Option(192, min=1, help="Longest sampled answer."),
         likelihood_temperature: float = typer.Option(1.0, min=1e-6, help="Softmax temperature of the likelihood reward."),
+        likelihood_calibration: bool = typer.Option(
+            False, "--likelihood-calibration", help="Calibrate the likelihood reward by the dual's mean posterior "
+            "per candidate (GRPO setting likelihood_calibration)."),
         task: list[str] = typer.Option(None, "--task", help="Only these tasks (repeatable)."),
         seed: int = typer.Option(0, help="Seed of sampling and of the wrong candidates."),
     ) -> None:
@@ -41,7 +44,8 @@ def register(app: typer.Typer) -> None:
         report = diagnose_rewards(model_dir, tasks_dir, mode=reward, split=split, max_examples=max_examples,
                                   num_generations=num_generations, temperature=temperature,
                                   max_completion_length=max_completion_length, seed=seed,
-                                  likelihood_temperature=likelihood_temperature, only=task or None)
+                                  likelihood_temperature=likelihood_temperature,
+                                  likelihood_calibration=likelihood_calibration, only=task or None)
         table = Table(title=f"duality reward '{reward}' on {split} (G={num_generations}, T={temperature})")
         for column in ("task", "right-vs-wrong AUC", "own-answer AUC / ρ", "zero-spread groups",
                        "sampled oracle score", "malformed"):

@@ -30,7 +30,7 @@ from cellduality.tasks.base import Task, format_response, loads
 
 
 def make_duality_reward(tasks: Mapping[str, Task], mode: DualRewardMode, model: Any, tokenizer: Any, *,
-                        dual_max_new_tokens: int = 256, temperature: float = 1.0) -> Any:
+                        dual_max_new_tokens: int = 256, temperature: float = 1.0, calibrate: bool = False) -> Any:
     """The duality reward of ``mode`` backed by ``model`` (outside a trainer: diagnostics, inference)."""
     from cellduality.models import make_generate_fn
     from cellduality.models.scoring import make_score_fn
@@ -38,7 +38,8 @@ def make_duality_reward(tasks: Mapping[str, Task], mode: DualRewardMode, model: 
     from cellduality.tasks.base import gene_vocabulary
 
     if mode == "likelihood":
-        return DualLikelihoodReward(tasks, make_score_fn(model, tokenizer), temperature=temperature)
+        return DualLikelihoodReward(tasks, make_score_fn(model, tokenizer), temperature=temperature,
+                                    calibrate=calibrate)
     if mode == "paper":
         return DualityReward(tasks, make_generate_fn(model, tokenizer, max_new_tokens=dual_max_new_tokens,
                                                      batch_size=64, genes=gene_vocabulary(tasks)))
@@ -126,7 +127,8 @@ def own_answers(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, gene
 def diagnose_rewards(model_dir: str | Path, tasks_dir: str | Path, *, mode: DualRewardMode = "likelihood",
                      split: str = "test", max_examples: int = 200, num_generations: int = 8,
                      temperature: float = 1.0, max_completion_length: int = 192, seed: int = 0,
-                     likelihood_temperature: float = 1.0, only: Sequence[str] | None = None) -> dict[str, Any]:
+                     likelihood_temperature: float = 1.0, likelihood_calibration: bool = False,
+                     only: Sequence[str] | None = None) -> dict[str, Any]:
     """Per task: right-vs-wrong AUC, own-answer AUC (or Spearman) and zero-spread share.
 
     Uses the ``primal`` rows of ``split`` in ``tasks_dir`` (their ``target`` only for the wrong
@@ -145,11 +147,13 @@ def diagnose_rewards(model_dir: str | Path, tasks_dir: str | Path, *, mode: Dual
     if split not in data:
         raise CellDualityError(f"{tasks_dir}/primal has no '{split}' split (has {sorted(data)}).")
     model, tokenizer = load_model(model_dir, device=inference_device())
-    reward = make_duality_reward(tasks, mode, model, tokenizer, temperature=likelihood_temperature)
+    reward = make_duality_reward(tasks, mode, model, tokenizer, temperature=likelihood_temperature,
+                                 calibrate=likelihood_calibration)
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_completion_length, do_sample=True,
                                 temperature=temperature, batch_size=128, seed=seed)
     report: dict[str, Any] = {"model": str(model_dir), "tasks_dir": str(tasks_dir), "reward": mode, "split": split,
-                              "temperature": temperature, "num_generations": num_generations, "tasks": {}}
+                              "temperature": temperature, "num_generations": num_generations,
+                              "likelihood_calibration": likelihood_calibration, "tasks": {}}
     rows_all = data[split]
     for name, task in tasks.items():
         if only and name not in only:

@@ -165,11 +165,14 @@ class LikelihoodQuery:
 
     ``prompts[i]`` + ``targets[i]`` are scored; the reward is the softmax over the pairs'
     log-likelihoods taken at ``index`` (or the per-token probability when there is one pair).
+    ``keys[i]`` names candidate ``i`` (a rendered label) so that a calibrated reward can learn,
+    across cells, how much the dual favours each candidate whatever the cell.
     """
 
     prompts: list[str]
     targets: list[str]
     index: int
+    keys: list[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,14 +341,15 @@ class Task(ABC):
                 raise ValueError(f"{self.name}: answer {mine!r} is not among the candidates {keys}")
             target = self.dual_target(unknown)
             return LikelihoodQuery([direct_prompt(self.dual_prompt(a, known, seed)) for a in answers],
-                                   [target] * len(answers), keys.index(mine))
+                                   [target] * len(answers), keys.index(mine), keys)
         prompt = direct_prompt(self.dual_prompt(answer, known, seed))
         options = self.unknown_candidates(unknown)
         if options:
             truth = [i for i, u in enumerate(options) if self.distance(unknown, u) == 0.0]
             if len(truth) != 1:
                 raise ValueError(f"{self.name}: x_u {unknown!r} matches {len(truth)} of the candidates")
-            return LikelihoodQuery([prompt] * len(options), [self.dual_target(u) for u in options], truth[0])
+            targets = [self.dual_target(u) for u in options]
+            return LikelihoodQuery([prompt] * len(options), targets, truth[0], targets)
         return LikelihoodQuery([prompt], [self.dual_target(unknown)], 0)
 
     # ---- faithfulness of the reasoning (cellduality.faithfulness) -----------------------------

@@ -91,6 +91,9 @@ class GRPOSettings(TRLSettings):
         "likelihood", description="likelihood: the dual's teacher-forced probability of x_u against the "
         "candidates (one forward pass); paper: a generated dual scored by RWJS / exact recovery (paper §3.4.1)")
     likelihood_temperature: float = Field(1.0, gt=0, description="divides dual log-likelihoods before the softmax")
+    likelihood_calibration: bool = Field(
+        False, description="likelihood reward: divide the dual's posterior by its running mean posterior of "
+        "each candidate over the cells scored so far (removes a label bias of the dual; no label read)")
     dual_max_new_tokens: int = Field(256, ge=1, description="paper reward: length of the generated dual")
     dual_temperature: float = Field(0.0, ge=0, description="paper reward: 0 = greedy dual decoding")
     model_dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -470,7 +473,8 @@ def run_grpo(
     if settings.reward == "ground-truth":
         reward = GroundTruthReward(tasks)
     elif settings.dual_reward == "likelihood":
-        reward = DualLikelihoodReward(tasks, temperature=settings.likelihood_temperature)
+        reward = DualLikelihoodReward(tasks, temperature=settings.likelihood_temperature,
+                                      calibrate=settings.likelihood_calibration)
     else:
         reward = DualityReward(tasks)
     from cellduality.faithfulness import faithfulness_rewards
