@@ -17,7 +17,7 @@ from cellduality.cli.main import main
 from cellduality.errors import CellDualityError
 from cellduality.tasks import build_task_datasets, load_tasks
 from cellduality.training.grpo import GRPOSettings
-from test_builders import to_cells
+from helpers import to_cells
 
 # a small recipe for a CPU test; everything else is the default recipe
 FAST = ["--set", "num_generations=4", "--set", "max_completion_length=12", "--set", "dual_max_new_tokens=12",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import anndata as ad
 import numpy as np
@@ -25,31 +25,7 @@ from cellduality.tasks import build_task_datasets, load_tasks, loads
 from cellduality.tasks.builders import RL_COLUMNS
 from cellduality.tasks.text import parse_label
 from conftest import shared_file
-
-
-@dataclass
-class Cells:
-    sentences: list[str]
-    obs: pd.DataFrame
-    meta: dict
-    vocabulary: dict[str, int]
-    splits: dict = field(default_factory=dict)
-
-
-def to_cells(adata, label_key=None, top_k=64, raw=False, symbols=None, **meta) -> Cells:
-    """Rank genes per cell (most expressed first), as `cellduality sentences` does."""
-    matrix = adata.raw.X if raw else adata.X
-    names = np.asarray(adata.raw.var_names if raw else (symbols if symbols is not None else adata.var_names))
-    matrix = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
-    sentences = []
-    for row in matrix:
-        order = np.argsort(-row, kind="stable")[:top_k]
-        sentences.append(" ".join(str(names[j]).upper() for j in order if row[j] > 0 or not raw))
-    vocabulary = Counter(g for s in sentences for g in set(s.split()))
-    rng = np.random.default_rng(0).permutation(len(sentences))
-    cut = int(0.8 * len(sentences))
-    return Cells(sentences, adata.obs.astype(str), {"default_label_key": label_key, "source": "test", **meta},
-                 dict(vocabulary), {"train": sorted(rng[:cut].tolist()), "test": sorted(rng[cut:].tolist())})
+from helpers import Cells, to_cells
 
 
 @pytest.fixture(scope="module")

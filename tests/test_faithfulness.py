@@ -19,7 +19,7 @@ from cellduality.tasks.base import format_response
 from cellduality.tasks.builders import load_task_datasets
 from cellduality.teacher import OfflineTeacher
 from cellduality.teacher.build import request_for_row
-from test_builders import to_cells
+from helpers import to_cells
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,10 @@ import pytest
 import torch
 
 from cellduality.inference.fast import answer_split, classify_fast, trained_direct
-from cellduality.inference.model import CellDualityModel
 from cellduality.models.candidates import score_candidates
 from cellduality.models.generation import RequireReasoning
 from cellduality.models.scoring import score_continuations
 from cellduality.tasks.base import direct_prompt, direct_response, format_response
-from test_grpo import sft_dir, tasks_dir  # noqa: F401  (fixtures: tiny task folder and tiny model)
-from test_inference import pbmc_task  # noqa: F401  (fixture: pbmc68k cells + annotation task)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(pbmc_task, tmp_path_factory):  # noqa: F811
-    """A `tiny` random model saved as a CellDuality model of the pbmc annotation task."""
-    from cellduality.models import load_model, save_cellduality_model
-
-    cells, task = pbmc_task
-    prompts = [task.primal_prompt(ex) for ex in task.make_examples(cells, range(30), seed=0)]
-    texts = prompts + [format_response("reasoning about genes", label) for label in task.context.labels]
-    model, tokenizer = load_model("tiny", tokenizer_texts=texts, genes=sorted(task.context.genes))
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("fast") / "model"
-    tasks = {"tasks": {"annotation": {"context": task.context.to_dict(), "options": task.options}}}
-    save_cellduality_model(model, tokenizer, out, {"stage": "sft", "base_model": "tiny", "tasks": tasks})
-    return CellDualityModel.load(out), prompts
 
 
 def _reference(mdl, prompts, prefixes, candidates):

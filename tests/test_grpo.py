@@ -21,36 +21,13 @@ from datasets import load_from_disk
 from cellduality.config import load_config
 from cellduality.errors import CellDualityError, ConfigError
 from cellduality.rewards import DualityReward
-from cellduality.tasks import build_task_datasets, format_response, load_tasks, loads
+from cellduality.tasks import format_response, load_tasks, loads
 from cellduality.training.grpo import GRPOSettings, build_grpo_config, dry_run, run_grpo
 from cellduality.training.grpo_policy import vllm_colocate_generate_fn, vllm_server_generate_fn
-from test_builders import to_cells
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"num_generations": 4, "prompts_per_step": 2, "max_completion_length": 12, "dual_max_new_tokens": 12,
         "learning_rate": 1e-4, "save_steps": 50}
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(pbmc_small, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("grpo") / "tasks"
-    cells = to_cells(pbmc_small, "bulk_labels", top_k=24, raw=True)
-    build_task_datasets(cells, ["annotation", "generation"], out, max_genes=8, seed=0, max_examples=12)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sft_dir(tasks_dir, tmp_path_factory) -> Path:
-    """A `tiny` preset saved as a CellDuality model (stands in for the Stage-1 model)."""
-    from cellduality.models import load_model, save_cellduality_model
-
-    primal = load_from_disk(str(tasks_dir / "primal"))["train"]
-    vocabulary = json.loads((tasks_dir / "vocabulary.json").read_text())
-    model, tokenizer = load_model("tiny", tokenizer_texts=list(primal["prompt"]) + list(primal["answer"]),
-                                  genes=vocabulary)
-    out = tmp_path_factory.mktemp("grpo") / "sft"
-    save_cellduality_model(model, tokenizer, out, {"stage": "sft", "base_model": "tiny"}, lineage_dir=tasks_dir)
-    return out
 
 
 # ---- settings and shipped configs -----------------------------------------------------------

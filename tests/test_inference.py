@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -18,39 +15,7 @@ from cellduality.sentences import build_cell_sentences
 from cellduality.tasks.base import Example, format_response
 from cellduality.tasks.builders import make_tasks
 from cellduality.tasks.text import genes_of
-
-
-@pytest.fixture(scope="module")
-def pbmc_task(pbmc_small):
-    cells = build_cell_sentences(pbmc_small, top_k=32, label_keys=["bulk_labels"], seed=0)
-    task = make_tasks(cells, ["annotation"], cells.splits["train"], max_genes=24)["annotation"]
-    return cells, task
-
-
-def class_profiles(cells, task) -> dict[str, list[str]]:
-    """Per label, genes ordered by how often they appear in that label's training cells."""
-    profiles: dict[str, Counter] = {label: Counter() for label in task.context.labels}
-    labels = cells.obs["bulk_labels"].astype(str).to_numpy()
-    for i in cells.splits["train"]:
-        profiles[labels[i]].update(genes_of(cells.sentences[i], 24))
-    return {label: [g for g, _ in c.most_common(60)] for label, c in profiles.items()}
-
-
-def knowledge_dual(task, profiles):
-    """A stand-in dual policy: fills masked genes with the named type's most frequent unseen genes."""
-    labels = sorted(task.context.labels, key=len, reverse=True)
-
-    def dual(prompts: list[str]) -> list[str]:
-        outs = []
-        for p in prompts:
-            label = next(lab for lab in labels if lab in p)
-            n_hidden = int(re.search(r"(\d+) (?:genes hidden|masked)", p).group(1))
-            seen = set(p.split())
-            guess = [g for g in profiles[label] if g not in seen][:n_hidden]
-            outs.append(format_response("inpainting", " ".join(guess)))
-        return outs
-
-    return dual
+from helpers import class_profiles, knowledge_dual
 
 
 def test_duality_rerank_prefers_true_labels(pbmc_task):

@@ -12,7 +12,7 @@ from datasets import load_from_disk
 
 from cellduality.models.card import CARD_FILE, EVAL_END, EVAL_START, NOT_EVALUATED, update_model_card
 from cellduality.tasks import build_task_datasets
-from test_builders import to_cells
+from helpers import to_cells
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from cellduality.models import (
     read_model_info,
     save_cellduality_model,
 )
-from test_sft_data import sft_rows
+from helpers import sft_rows
 
 
 @pytest.fixture(scope="module")

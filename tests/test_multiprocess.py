@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from test_grpo import sft_dir, tasks_dir  # noqa: F401  (fixtures: tiny task folder and tiny model)
-
 pytestmark = pytest.mark.slow
 ENTRY = Path(__file__).with_name("_mp_entry.py")
 

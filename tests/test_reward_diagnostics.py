@@ -6,7 +6,6 @@ from datasets import load_from_disk
 
 from cellduality.evaluation.reward_diagnostics import own_answers, right_vs_wrong
 from cellduality.tasks import format_response, load_tasks, loads
-from test_grpo import tasks_dir  # noqa: F401  (fixture: pbmc68k annotation + generation tasks)
 
 
 def _annotation(tasks_dir):  # noqa: F811

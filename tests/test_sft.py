@@ -13,7 +13,7 @@ from cellduality.config import validate_config
 from cellduality.errors import CellDualityError, ConfigError, ModelError
 from cellduality.models import format_prompt, make_generate_fn, read_model_info
 from cellduality.training.sft import SFTSettings, build_sft_trainer, run_sft
-from test_sft_data import make_sft_folder
+from helpers import make_sft_folder
 
 FAST = {"model": "tiny", "batch_size": 8, "logging_steps": 1, "learning_rate": 3e-3, "warmup_steps": 0}
 

@@ -9,7 +9,7 @@ import pytest
 
 from cellduality.errors import CellDualityError
 from cellduality.tasks import build_task_datasets, get_task, load_tasks
-from test_builders import to_cells
+from helpers import to_cells
 
 
 def test_a_typo_is_an_error_with_a_suggestion():

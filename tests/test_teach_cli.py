@@ -16,7 +16,7 @@ from cellduality.tasks.base import direct_prompt
 from cellduality.tasks.builders import load_task_datasets
 from cellduality.teacher import TeachConfig, build_sft
 from cellduality.teacher.offline import OfflineTeacher
-from test_builders import to_cells
+from helpers import to_cells
 
 SECRET = "sk-cli-secret-never-on-disk-93b1"
 

@@ -17,7 +17,7 @@ from cellduality.teacher import OfflineTeacher
 from cellduality.teacher.build import request_for_row
 from cellduality.teacher.offline import full_cell
 from conftest import shared_file
-from test_builders import to_cells
+from helpers import to_cells
 
 MARKERS = {  # textbook markers of three well-separated PBMC types
     "CD19+ B": {"CD79A", "CD79B", "MS4A1", "CD74", "HLA-DRA", "CD37", "TCL1A", "HLA-DQA1", "HLA-DQB1", "CD19"},

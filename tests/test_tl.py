@@ -6,8 +6,6 @@ import pytest
 
 import cellduality as cd
 from cellduality.errors import CellDualityError
-from test_fast_annotate import tiny_model  # noqa: F401  (fixture: a tiny model of the pbmc annotation task)
-from test_inference import pbmc_task  # noqa: F401
 
 
 def test_annotate_in_place_returns_none_and_writes_under_key_added(tiny_model, pbmc_small):  # noqa: F811

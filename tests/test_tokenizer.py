@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cellduality.models import PROMPT_SEPARATOR, TAGS, build_tokenizer, format_prompt
-from test_sft_data import sft_rows
+from helpers import sft_rows
 
 
 @pytest.fixture(scope="module")
