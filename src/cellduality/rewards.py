@@ -18,10 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from cellduality.duality import DualQuery, GenerateFn, dual_pass
+
 if TYPE_CHECKING:  # pragma: no cover  (runtime import would be circular: tasks use rwjs)
     from cellduality.tasks.base import Task
 
-GenerateFn = Callable[[list[str]], list[str]]
 DualRewardMode = Literal["likelihood", "paper"]
 """How the duality reward reads the dual: :class:`DualLikelihoodReward` or :class:`DualityReward`."""
 DUAL_REWARDS: tuple[str, ...] = get_args(DualRewardMode)
@@ -143,6 +144,13 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _unknown(i: int, row: Mapping[str, Any]) -> Any:
+    """``x_u`` of a row: the reward cannot be scored without it, so a missing one is a data bug."""
+    if row["unknown"] is None:
+        raise ValueError(f"row {i}: no 'unknown' value (x_u); use the rl dataset written by `cellduality tasks`")
+    return _json(row["unknown"])
+
+
 def _seed(value: Any) -> int:
     try:
         return int(value)
@@ -227,34 +235,28 @@ class DualityReward(_TaskReward):
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         n = len(completions)
         names, parsed, malformed = self._parsed(completions, kwargs)
-        rewards = [0.0] * n
-        pending: list[tuple[int, Task, Any]] = []  # (row, task, x_u)
-        dual_prompts: list[str] = []
-        for i, task, answer, row in parsed:
-            dual_prompts.append(task.dual_prompt(answer, _json(row["known"]) or {}, _seed(row["seed"])))
-            pending.append((i, task, _json(row["unknown"])))
+        queries = [DualQuery(task, answer, _json(row["known"]) or {}, _seed(row["seed"]), _unknown(i, row))
+                   for i, task, answer, row in parsed]
+        if queries and self.generate is None:
+            raise RuntimeError("DualityReward.generate is not set; attach the policy's generate function first")
+        seconds = [0.0]
 
-        generate_seconds = 0.0
-        dual_failures = 0
-        if pending:
-            if self.generate is None:
-                raise RuntimeError("DualityReward.generate is not set; attach the policy's generate function first")
+        def generate(dual_prompts: list[str]) -> list[str]:
             start = time.perf_counter()
-            outputs = list(self.generate(dual_prompts))
-            generate_seconds = time.perf_counter() - start
-            if len(outputs) != len(dual_prompts):
-                raise ValueError(f"generate returned {len(outputs)} texts for {len(dual_prompts)} prompts")
-            for (i, task, unknown), output in zip(pending, outputs, strict=True):
-                text = completion_text(output)
-                if task.parse_dual(text) is None:
-                    dual_failures += 1
-                rewards[i] = task.duality_score(unknown, text)
+            outputs = [completion_text(output) for output in self.generate(dual_prompts)]
+            seconds[0] += time.perf_counter() - start
+            return outputs
 
+        results = dual_pass(queries, generate)
+        rewards = [0.0] * n
+        for (i, *_), result in zip(parsed, results, strict=True):
+            rewards[i] = result.score
+        dual_failures = sum(not r.parsed for r in results)
         stats = {
             "primal_malformed_rate": malformed / n if n else 0.0,
-            "dual_parse_failure_rate": dual_failures / len(pending) if pending else 0.0,
-            "generate_seconds": generate_seconds,
-            "n_dual": float(len(pending)),
+            "dual_parse_failure_rate": dual_failures / len(results) if results else 0.0,
+            "generate_seconds": seconds[0],
+            "n_dual": float(len(results)),
             **_per_task_means(names, rewards),
         }
         self._publish(stats, kwargs)

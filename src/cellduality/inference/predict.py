@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cellduality.duality import DualQuery, dual_pass
 from cellduality.errors import CellDualityError
 from cellduality.inference.model import CellDualityModel, GenerateFn
 from cellduality.tasks.base import Example, Task, extract_reasoning, format_response
@@ -64,27 +65,27 @@ def duality_rerank(
     """
     prompts = [task.primal_prompt(ex) for ex in examples for _ in range(n_samples)]
     texts = sample(prompts) if prompts else []
-    candidates: list[dict[str, list[str]]] = []
+    candidates: list[dict[str, list[str]]] = []  # per example: rendered answer -> the samples giving it
+    parsed: list[dict[str, Any]] = []  # per example: rendered answer -> the answer
     for i in range(len(examples)):
         by_answer: dict[str, list[str]] = {}
+        answers: dict[str, Any] = {}
         for text in texts[i * n_samples : (i + 1) * n_samples]:
             answer = task.parse_primal(text)
             if answer is not None:
-                by_answer.setdefault(task.render_answer(answer), []).append(text)
+                rendered = task.render_answer(answer)
+                answers.setdefault(rendered, answer)
+                by_answer.setdefault(rendered, []).append(text)
         candidates.append(by_answer)
+        parsed.append(answers)
 
-    jobs: list[tuple[int, str]] = []
-    dual_prompts: list[str] = []
     splits = [task.split(ex) for ex in examples]
-    for i, by_answer in enumerate(candidates):
-        for rendered in by_answer:
-            answer = task.parse_primal(f"<answer>{rendered}</answer>")
-            jobs.append((i, rendered))
-            dual_prompts.append(task.dual_prompt(answer, splits[i][0], examples[i].seed))
-    dual_texts = dual(dual_prompts) if dual_prompts else []
+    jobs = [(i, rendered) for i, by_answer in enumerate(candidates) for rendered in by_answer]
+    results = dual_pass([DualQuery(task, parsed[i][rendered], splits[i][0], examples[i].seed, splits[i][1])
+                         for i, rendered in jobs], dual)
     scores: list[dict[str, float]] = [{} for _ in examples]
-    for (i, rendered), text in zip(jobs, dual_texts, strict=True):
-        scores[i][rendered] = task.duality_score(splits[i][1], text)
+    for (i, rendered), result in zip(jobs, results, strict=True):
+        scores[i][rendered] = result.score
 
     ranked = []
     for i, by_answer in enumerate(candidates):
@@ -95,7 +96,7 @@ def duality_rerank(
         best = max(by_answer, key=lambda a: (scores[i].get(a, 0.0), len(by_answer[a])))
         ranked.append(
             RankedAnswer(
-                answer=task.parse_primal(f"<answer>{best}</answer>"),
+                answer=parsed[i][best],
                 confidence=float(scores[i].get(best, 0.0)),
                 votes=len(by_answer[best]),
                 n_valid=sum(len(v) for v in by_answer.values()),
@@ -390,12 +391,11 @@ def generate_and_read_back(task: Task, mdl: CellDualityModel, examples: list[Exa
                           batch_size=batch_size, seed=seed)([task.primal_prompt(ex) for ex in examples])
     answers = [task.parse_primal(t) for t in texts]
     idx = [i for i, a in enumerate(answers) if a is not None]
-    prompts = [task.dual_prompt(answers[i], task.split(examples[i])[0], examples[i].seed) for i in idx]
-    dual_texts = mdl.generator(max_new_tokens=dual_tokens, batch_size=batch_size)(prompts) if prompts else []
+    results = dual_pass([DualQuery(task, answers[i], task.split(examples[i])[0], examples[i].seed) for i in idx],
+                        mdl.generator(max_new_tokens=dual_tokens, batch_size=batch_size))
     back: list[str | None] = [None] * len(answers)
-    for i, text in zip(idx, dual_texts, strict=True):
-        parsed = task.parse_dual(text)
-        back[i] = None if parsed is None else task.render_unknown(parsed)
+    for i, result in zip(idx, results, strict=True):
+        back[i] = None if result.guess is None else task.render_unknown(result.guess)
     sentences = [list(a) if a else [] for a in answers]
     inverse = mdl.inverse
     expression = np.asarray(inverse.to_expression([" ".join(x) for x in sentences]), dtype=np.float32)

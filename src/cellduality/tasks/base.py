@@ -299,7 +299,10 @@ class Task(ABC):
         exception or a value outside [0, 1] from :meth:`distance` is a bug in the task and
         propagates: silently turning it into 0 would train GRPO on nothing without a word.
         """
-        guess = self.parse_dual(dual_text)
+        return self.score_guess(unknown, self.parse_dual(dual_text))
+
+    def score_guess(self, unknown: Unknown, guess: Unknown | None) -> float:
+        """:meth:`duality_score` of an already parsed dual answer ``x̂_u`` (``None``: malformed)."""
         value = 1.0 - float(self.distance(unknown, guess))
         if not 0.0 <= value <= 1.0:  # also catches NaN
             raise ValueError(f"{type(self).__name__}.distance returned {1.0 - value!r}, outside [0, 1]")
