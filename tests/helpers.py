@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellduality.inference.model import CellDualityModel
 from cellduality.tasks.annotation import AnnotationTask
 from cellduality.tasks.base import format_response
 from cellduality.tasks.text import genes_of
@@ -119,3 +120,14 @@ def knowledge_dual(task, profiles):
         return outs
 
     return dual
+
+
+class FakeModel(CellDualityModel):
+    """A CellDualityModel whose generator is a stand-in policy (no weights needed)."""
+
+    def __init__(self, tasks, sample, dual):
+        super().__init__(path=Path("fake"), model=None, tokenizer=None, info={}, tasks=tasks)
+        self._sample, self._dual = sample, dual
+
+    def generator(self, *, do_sample: bool = False, **_: object):
+        return self._sample if do_sample else self._dual

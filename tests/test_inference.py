@@ -9,13 +9,12 @@ from typer.testing import CliRunner
 from cellduality.cli.main import app
 from cellduality.errors import CellDualityError
 from cellduality.inference import duality_rerank, gene_overlap
-from cellduality.inference.model import CellDualityModel
 from cellduality.inference.predict import annotate
 from cellduality.sentences import build_cell_sentences
 from cellduality.tasks.base import Example, format_response
 from cellduality.tasks.builders import make_tasks
 from cellduality.tasks.text import genes_of
-from helpers import class_profiles, knowledge_dual
+from helpers import FakeModel, class_profiles, knowledge_dual
 
 
 def test_duality_rerank_prefers_true_labels(pbmc_task):
@@ -66,17 +65,6 @@ def test_cells_are_ranked_within_the_model_panel(pbmc_small, pbmc_task):
         assert genes == [g for g in ranked if g in task.context.genes][: len(genes)]
         assert set(genes) <= task.context.genes
     assert 0 < overlap["overlap"] <= 1 and overlap["model_genes"] == len(task.context.genes)
-
-
-class FakeModel(CellDualityModel):
-    """A CellDualityModel whose generator is a stand-in policy (no weights needed)."""
-
-    def __init__(self, tasks, sample, dual):
-        super().__init__(path=__import__("pathlib").Path("fake"), model=None, tokenizer=None, info={}, tasks=tasks)
-        self._sample, self._dual = sample, dual
-
-    def generator(self, *, do_sample: bool = False, **_: object):
-        return self._sample if do_sample else self._dual
 
 
 def test_annotate_writes_results_into_a_copy(pbmc_small, pbmc_task):

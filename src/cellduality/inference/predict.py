@@ -15,6 +15,7 @@ the caller's other data is never touched and input files are never modified.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,68 +153,51 @@ def _prepare(adata: AnnData, copy: bool) -> AnnData:
     return adata.copy() if copy else adata
 
 
-def cell_examples(task: Task, names: Any, cells: list[list[str]], extra_input: dict[str, Any],
-                  seed: int) -> list[Example]:
-    """One unlabelled example per cell (seeded by the cell's name: the same cell, the same prompt)."""
-    return [Example(id=str(name), task=task.name, input={"cell": genes, **extra_input}, target=None,
-                    seed=stable_seed(seed, task.name, str(name))) for name, genes in zip(names, cells, strict=True)]
+def cell_examples(task: Task, names: Any, cells: Sequence[list[str] | None],
+                  extra_input: Mapping[str, Any] | Sequence[Mapping[str, Any]], seed: int) -> list[Example]:
+    """One unlabelled example per cell (seeded by the cell's name: the same cell, the same prompt).
+
+    The cell goes under the task's :attr:`~cellduality.tasks.base.Task.cell_input` (none when it
+    reads no cell); ``extra_input`` holds the other input fields, one mapping for all cells or one per cell.
+    """
+    extras = [extra_input] * len(cells) if isinstance(extra_input, Mapping) else list(extra_input)
+    field = task.cell_input
+    return [Example(id=str(name), task=task.name, input={**({field: genes} if field else {}), **extra}, target=None,
+                    seed=stable_seed(seed, task.name, str(name)))
+            for name, genes, extra in zip(names, cells, extras, strict=True)]
 
 
-def _classify(
-    adata: AnnData,
-    model: CellDualityModel | str,
-    task_name: str,
-    extra_input: dict[str, Any],
-    column: str,
-    *,
-    n_samples: int,
-    temperature: float,
-    batch_size: int,
-    max_new_tokens: int,
-    min_overlap: float,
-    seed: int,
-    copy: bool,
-    device: str | None,
-    sentence_options: dict[str, Any],
-    false_claims: str = "mark",
-    tasks_dir: str | None = None,
-    method: str = "fast",
-    fast: dict[str, Any] | None = None,
-) -> AnnData:
-    """Shared by annotate and predict_sensitivity; ``fast`` holds the fast method's options."""
-    if method not in METHODS:
-        raise CellDualityError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
-    mdl = _as_model(model, device)
-    task = mdl.task(task_name)
-    out = _prepare(adata, copy)
-    cells, overlap = model_sentences(out, task, seed, **sentence_options)
-    _check_overlap(overlap, cells, min_overlap)
-    examples = cell_examples(task, out.obs_names, cells, extra_input, seed)
+def _classify(out: AnnData, mdl: CellDualityModel, task: Task, examples: list[Example], overlap: dict[str, Any],
+              run: dict[str, Any], *, key: str, n_samples: int, temperature: float, batch_size: int,
+              max_new_tokens: int, seed: int, false_claims: str, tasks_dir: str | None, method: str,
+              fast: dict[str, Any]) -> AnnData:
+    """A label per cell into ``out`` (:func:`cellduality.inference.generic.predict`); ``run`` joins ``.uns``."""
+    column = f"{key}_{task.prediction_key or task.name}"
     if method == "fast":
-        return _classify_fast(out, mdl, task, examples, column, overlap, batch_size=batch_size,
+        return _classify_fast(out, mdl, task, examples, column, {**overlap, **run}, key=key, batch_size=batch_size,
                               max_new_tokens=max_new_tokens, false_claims=false_claims, tasks_dir=tasks_dir,
-                              seed=seed, **(fast or {}))
+                              seed=seed, **fast)
     sample = mdl.generator(max_new_tokens=max_new_tokens, do_sample=n_samples > 1, temperature=temperature,
                            batch_size=batch_size, seed=seed)
     greedy = mdl.generator(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     ranked = duality_rerank(task, examples, sample, greedy, n_samples)
-    out.obs[f"{KEY}_{column}"] = pd.Categorical([r.answer if r.answer is not None else "unparsed" for r in ranked])
+    out.obs[column] = pd.Categorical([r.answer if r.answer is not None else "unparsed" for r in ranked])
     responses = [format_response(r.reasoning, task.render_answer(r.answer)) if r.answer is not None
                  else f"<think> {r.reasoning} </think>" for r in ranked]
     checked = _explain(out.obs, task, mdl, [task.primal_prompt(ex) for ex in examples], responses, false_claims,
-                       tasks_dir)
-    out.obs[f"{KEY}_confidence"] = np.array([r.confidence for r in ranked], dtype=float)
-    out.obs[f"{KEY}_votes"] = np.array([r.votes for r in ranked], dtype=int)
-    out.uns.setdefault(KEY, {})[task_name] = {
+                       tasks_dir, key)
+    out.obs[f"{key}_confidence"] = np.array([r.confidence for r in ranked], dtype=float)
+    out.obs[f"{key}_votes"] = np.array([r.votes for r in ranked], dtype=int)
+    out.uns.setdefault(key, {})[task.name] = {
         "model": str(mdl.path), "method": "rerank", "n_samples": n_samples, "temperature": temperature, "seed": seed,
         "labels": list(task.context.labels), "unparsed": int(sum(r.answer is None for r in ranked)), **overlap,
-        "faithfulness": checked.info,
+        **run, "faithfulness": checked.info,
     }
     return out
 
 
 def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: list[Example], column: str,
-                   overlap: dict[str, Any], *, batch_size: int, max_new_tokens: int, false_claims: str,
+                   overlap: dict[str, Any], *, key: str, batch_size: int, max_new_tokens: int, false_claims: str,
                    tasks_dir: str | None, seed: int, explain: bool = False, explain_least_confident: int = 0,
                    direct: bool | None = None, progress: Any = None, warn: Any = None) -> AnnData:
     """Labels by likelihood; reasoning (and its faithfulness check) only for the explained cells."""
@@ -223,24 +207,24 @@ def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: li
     result = classify_fast(task, mdl, prompts, explain=explain, explain_least_confident=explain_least_confident,
                            direct=direct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
                            warn=warn)
-    out.obs[f"{KEY}_{column}"] = pd.Categorical([task.render_answer(a) for a in result.labels],
-                                                categories=[task.render_answer(a) for a in task.answer_candidates()])
-    out.obs[f"{KEY}_confidence"] = result.confidence.astype(float)
-    out.obs[f"{KEY}_explained"] = result.explained
+    out.obs[column] = pd.Categorical([task.render_answer(a) for a in result.labels],
+                                     categories=[task.render_answer(a) for a in task.answer_candidates()])
+    out.obs[f"{key}_confidence"] = result.confidence.astype(float)
+    out.obs[f"{key}_explained"] = result.explained
     idx = np.flatnonzero(result.explained)
     sub = pd.DataFrame(index=out.obs_names[idx])
     responses = [format_response(result.reasoning[i], task.render_answer(result.labels[i])) for i in idx]
-    checked = _explain(sub, task, mdl, [prompts[i] for i in idx], responses, false_claims, tasks_dir)
+    checked = _explain(sub, task, mdl, [prompts[i] for i in idx], responses, false_claims, tasks_dir, key)
     reasoning = np.full(out.n_obs, "", dtype=object)
     faithfulness = np.full(out.n_obs, np.nan)
     false = np.zeros(out.n_obs, dtype=int)
-    reasoning[idx], faithfulness[idx], false[idx] = (sub[f"{KEY}_reasoning"].to_numpy(),
-                                                     sub[f"{KEY}_faithfulness"].to_numpy(),
-                                                     sub[f"{KEY}_false_claims"].to_numpy())
-    out.obs[f"{KEY}_reasoning"] = reasoning
-    out.obs[f"{KEY}_faithfulness"] = faithfulness
-    out.obs[f"{KEY}_false_claims"] = false
-    out.uns.setdefault(KEY, {})[task.name] = {
+    reasoning[idx], faithfulness[idx], false[idx] = (sub[f"{key}_reasoning"].to_numpy(),
+                                                     sub[f"{key}_faithfulness"].to_numpy(),
+                                                     sub[f"{key}_false_claims"].to_numpy())
+    out.obs[f"{key}_reasoning"] = reasoning
+    out.obs[f"{key}_faithfulness"] = faithfulness
+    out.obs[f"{key}_false_claims"] = false
+    out.uns.setdefault(key, {})[task.name] = {
         "model": str(mdl.path), **result.info, "seed": seed, "labels": list(task.context.labels), "unparsed": 0,
         **overlap, "faithfulness": checked.info,
     }
@@ -248,8 +232,8 @@ def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: li
 
 
 def _explain(obs: pd.DataFrame, task: Task, mdl: CellDualityModel, prompts: list[str], responses: list[str],
-             false_claims: str, tasks_dir: str | None) -> Any:
-    """Write ``_reasoning``, ``_faithfulness`` and ``_false_claims`` columns into ``obs``.
+             false_claims: str, tasks_dir: str | None, key: str = KEY) -> Any:
+    """Write ``_reasoning``, ``_faithfulness`` and ``_false_claims`` columns (under ``key``) into ``obs``.
 
     Every claim of the reasoning is checked against the cell in the prompt (and, when the model's
     tasks folder is known, the training frequencies): ``false_claims='mark'`` wraps a false claim
@@ -259,113 +243,57 @@ def _explain(obs: pd.DataFrame, task: Task, mdl: CellDualityModel, prompts: list
     from cellduality.faithfulness import check_for_inference
 
     checked = check_for_inference(task, prompts, responses, mdl.path, false_claims, tasks_dir)
-    obs[f"{KEY}_reasoning"] = checked.reasoning
-    obs[f"{KEY}_faithfulness"] = np.array(checked.score, dtype=float)
-    obs[f"{KEY}_false_claims"] = np.array(checked.false_claims, dtype=int)
+    obs[f"{key}_reasoning"] = checked.reasoning
+    obs[f"{key}_faithfulness"] = np.array(checked.score, dtype=float)
+    obs[f"{key}_false_claims"] = np.array(checked.false_claims, dtype=int)
     return checked
 
 
-def _fast_options(explain: bool, least: int, direct: bool | None, progress: Any, warn: Any) -> dict[str, Any]:
-    if least < 0:
-        raise CellDualityError("--explain-least-confident must be 0 or more.")
-    return {"explain": explain, "explain_least_confident": least, "direct": direct, "progress": progress,
-            "warn": warn}
-
-
-def annotate(
-    adata: AnnData,
-    model: CellDualityModel | str,
-    *,
-    n_samples: int = 4,
-    temperature: float = 0.8,
-    batch_size: int = 32,
-    max_new_tokens: int = 160,
-    min_overlap: float = 0.5,
-    seed: int = 0,
-    copy: bool = True,
-    device: str | None = None,
-    false_claims: str = "mark",
-    tasks_dir: str | None = None,
-    method: str = "fast",
-    explain: bool = False,
-    explain_least_confident: int = 0,
-    direct: bool | None = None,
-    progress: Any = None,
-    warn: Any = None,
-    **sentence_options: Any,
-) -> AnnData:
+def annotate(adata: AnnData, model: CellDualityModel | str, **options: Any) -> AnnData:
     """Annotate cell types; adds ``.obs['cellduality_cell_type' | '_reasoning' | '_confidence']``
     and ``'_faithfulness' | '_false_claims'`` (see :func:`_explain` for ``false_claims`` and ``tasks_dir``).
 
-    ``method="fast"`` (default) ranks the labels by likelihood and writes reasoning only with
-    ``explain`` or for the ``explain_least_confident`` least confident cells (``.obs['_explained']``);
-    ``direct`` overrides whether the model is taken to know the answer-only form. ``"rerank"``
-    samples ``n_samples`` reasoned answers per cell and keeps the one its dual supports best
-    (``.obs['_votes']``). ``progress(stage, done, total)`` and ``warn(line)`` are for the CLI.
+    The generic :func:`~cellduality.inference.generic.predict` with ``task="annotation"``, whose
+    options these are: ``method="fast"`` (default) ranks the labels by likelihood and writes
+    reasoning only with ``explain`` or for the ``explain_least_confident`` least confident cells
+    (``.obs['_explained']``); ``direct`` overrides whether the model is taken to know the
+    answer-only form. ``"rerank"`` samples ``n_samples`` (4) reasoned answers per cell at
+    ``temperature`` (0.8) and keeps the one its dual supports best (``.obs['_votes']``).
+    ``batch_size`` (32), ``max_new_tokens`` (160), ``min_overlap`` (0.5), ``seed``, ``copy`` (True),
+    ``device``, the sentence options; ``progress(stage, done, total)`` and ``warn(line)`` are for the CLI.
     """
-    return _classify(adata, model, "annotation", {}, "cell_type", n_samples=n_samples, temperature=temperature,
-                     batch_size=batch_size, max_new_tokens=max_new_tokens, min_overlap=min_overlap, seed=seed,
-                     copy=copy, device=device, sentence_options=sentence_options, false_claims=false_claims,
-                     tasks_dir=tasks_dir, method=method, fast=_fast_options(explain, explain_least_confident, direct,
-                                                                          progress, warn))
+    from cellduality.inference.generic import predict
+
+    return predict(adata, model, "annotation", **options)
 
 
-def predict_sensitivity(
-    adata: AnnData,
-    model: CellDualityModel | str,
-    drug: str,
-    *,
-    n_samples: int = 4,
-    temperature: float = 0.8,
-    batch_size: int = 32,
-    max_new_tokens: int = 160,
-    min_overlap: float = 0.5,
-    seed: int = 0,
-    copy: bool = True,
-    device: str | None = None,
-    false_claims: str = "mark",
-    tasks_dir: str | None = None,
-    method: str = "fast", explain: bool = False, explain_least_confident: int = 0,  # as in annotate
-    direct: bool | None = None, progress: Any = None, warn: Any = None,
-    **sentence_options: Any,
-) -> AnnData:
+def predict_sensitivity(adata: AnnData, model: CellDualityModel | str, drug: str, **options: Any) -> AnnData:
     """Predict drug sensitivity; adds ``.obs['cellduality_sensitivity' | '_reasoning' | '_confidence']``
-    and ``'_faithfulness' | '_false_claims'``; ``method`` and the explain options as in :func:`annotate`."""
-    mdl = _as_model(model, device)
-    known_drugs = mdl.task("sensitivity").context.drugs
-    if known_drugs and drug not in known_drugs:
-        raise CellDualityError(f"Unknown drug '{drug}' for this model; it was trained on: {', '.join(known_drugs)}.")
-    return _classify(adata, mdl, "sensitivity", {"drug": drug}, "sensitivity", n_samples=n_samples,
-                     temperature=temperature, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     min_overlap=min_overlap, seed=seed, copy=copy, device=device, sentence_options=sentence_options,
-                     false_claims=false_claims, tasks_dir=tasks_dir, method=method,
-                     fast=_fast_options(explain, explain_least_confident, direct, progress, warn))
+    and ``'_faithfulness' | '_false_claims'``; ``options`` (``method``, the explain options, ...) as
+    in :func:`annotate`. The generic :func:`~cellduality.inference.generic.predict` with
+    ``task="sensitivity", drug=drug``."""
+    from cellduality.inference.generic import predict
 
-
-
-_RUN_DEFAULTS = {"n_samples": 4, "temperature": 0.8, "batch_size": 32, "max_new_tokens": 160, "min_overlap": 0.5,
-                 "seed": 0, "copy": True, "false_claims": "mark", "tasks_dir": None, "method": "fast"}
-_FAST_DEFAULTS = {"explain": False, "explain_least_confident": 0, "direct": None, "progress": None, "warn": None}
+    return predict(adata, model, "sensitivity", drug=drug, **options)
 
 
 def predict_labels(adata: AnnData, model: CellDualityModel | str, task: str, *,
-                   extra_input: dict[str, Any] | None = None, column: str | None = None,
-                   device: str | None = None, **options: Any) -> AnnData:
+                   extra_input: dict[str, Any] | None = None, device: str | None = None, **options: Any) -> AnnData:
     """Any classification task of the model whose primal input is a cell, a plug-in task included.
 
-    Adds ``.obs['cellduality_<column or task>' | '_reasoning' | '_confidence']`` and the run under
-    ``.uns['cellduality'][task]``; ``extra_input`` holds the task's other inputs (e.g.
-    ``{"drug": ...}``). ``options``: those of :func:`annotate` with its defaults (``n_samples``,
-    ``method``, ``explain``, ``copy``, ...); the rest are sentence options.
+    Adds ``.obs['cellduality_<prediction_key or task>' | '_reasoning' | '_confidence']`` and the run
+    under ``.uns['cellduality'][task]``; ``extra_input`` holds the task's other inputs (e.g.
+    ``{"drug": ...}``). ``options``: those of :func:`annotate`. The generic
+    :func:`~cellduality.inference.generic.predict` restricted to classification tasks.
     """
+    from cellduality.inference.generic import predict
+
     mdl = _as_model(model, device)
     found = mdl.task(task)
     if found.kind != "classification":
         raise CellDualityError(f"Task '{task}' is {found.kind}; predict_labels serves classification tasks.")
-    run = {k: options.pop(k, default) for k, default in _RUN_DEFAULTS.items()}
-    fast = _fast_options(*(options.pop(k, default) for k, default in _FAST_DEFAULTS.items()))
-    return _classify(adata, mdl, task, dict(extra_input or {}), column or task, **run, device=device,
-                     sentence_options=options, fast=fast)
+    return predict(adata, mdl, task, **dict(extra_input or {}), **options)
+
 
 @dataclass
 class GeneratedCells:
@@ -425,11 +353,10 @@ def generate_cells(
 
     mdl = _as_model(model, device)
     task = mdl.task("generation")
-    if cell_type not in task.context.labels:
-        raise CellDualityError(f"Unknown cell type '{cell_type}'; this model knows: {', '.join(task.context.labels)}.")
+    asked = task.inference_input({"cell_type": cell_type})
     if n < 1:
         raise CellDualityError("-n must be at least 1.")
-    examples = [Example(id=f"generated_{i}", task="generation", input={"cell_type": cell_type}, target=None,
+    examples = [Example(id=f"generated_{i}", task="generation", input=asked, target=None,
                         seed=stable_seed(seed, "generate", i)) for i in range(n)]
     cells = generate_and_read_back(task, mdl, examples, do_sample=True, temperature=temperature,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens, dual_tokens=160, seed=seed)
@@ -447,68 +374,54 @@ def generate_cells(
     return out
 
 
-def perturb(
-    adata: AnnData,
-    model: CellDualityModel | str,
-    perturbation: str,
-    *,
-    batch_size: int = 32,
-    max_new_tokens: int = 256,
-    min_overlap: float = 0.5,
-    seed: int = 0,
-    copy: bool = True,
-    device: str | None = None,
-    false_claims: str = "mark",
-    tasks_dir: str | None = None,
-    **sentence_options: Any,
-) -> AnnData:
-    """Predict each cell's response to ``perturbation`` (e.g. ``"knockout STAT1"``).
+def _respond(out: AnnData, mdl: CellDualityModel, task: Task, examples: list[Example], overlap: dict[str, Any],
+             run: dict[str, Any], *, key: str, temperature: float | None, batch_size: int, max_new_tokens: int,
+             seed: int, false_claims: str, tasks_dir: str | None) -> AnnData:
+    """A generated cell per cell of ``out``, read back by the dual (:func:`cellduality.inference.generic.predict`).
 
-    Adds ``.obs['cellduality_perturbed_sentence' | '_reasoning' | '_dual_perturbation' | '_consistent']``
-    and ``.obsm['cellduality_perturbed']``: the predicted expression on ``adata.var_names``
-    (genes the model's inverse does not cover are 0).
+    Writes ``.obs[f"{key}_{prediction_key}_sentence"]``, the reasoning columns, the dual's reading
+    ``_dual_<x_u field>`` and whether it names what was asked (``_consistent``), and the expression
+    on ``out.var_names`` in ``.obsm[f"{key}_{prediction_key}"]`` (genes the model's inverse does not
+    cover are 0). ``temperature=None``: greedy decoding.
     """
-    from cellduality.tasks.perturbation import Perturbation
-
-    mdl = _as_model(model, device)
-    task = mdl.task("perturbation")
-    parsed = Perturbation.parse(perturbation)
-    if parsed is None or parsed.render() not in task.context.perturbations:
-        raise CellDualityError(
-            f"Unknown perturbation '{perturbation}'; this model knows: {', '.join(task.context.perturbations)}."
-        )
-    out = _prepare(adata, copy)
-    cells, overlap = model_sentences(out, task, seed, **sentence_options)
-    _check_overlap(overlap, cells, min_overlap)
-    examples = [Example(id=str(name), task="perturbation", input={"control": genes, "perturbation": parsed.to_dict()},
-                        target=None, seed=stable_seed(seed, "perturb", str(name)))
-                for name, genes in zip(out.obs_names, cells, strict=True)]
-    generated = generate_and_read_back(task, mdl, examples, do_sample=False, temperature=1.0,
-                                       batch_size=batch_size, max_new_tokens=max_new_tokens, dual_tokens=160, seed=seed)
+    generated = generate_and_read_back(task, mdl, examples, do_sample=temperature is not None,
+                                       temperature=1.0 if temperature is None else temperature,
+                                       batch_size=batch_size, max_new_tokens=max_new_tokens, dual_tokens=160,
+                                       seed=seed)
+    name = task.prediction_key or task.name
     target = np.zeros((out.n_obs, out.n_vars), dtype=np.float32)
     where = pd.Index(generated.genes).get_indexer(pd.Index([str(v).upper() for v in out.var_names]))
     hit = where >= 0
     target[:, hit] = generated.expression[:, where[hit]]
-    out.obs[f"{KEY}_perturbed_sentence"] = [" ".join(s) for s in generated.sentences]
+    out.obs[f"{key}_{name}_sentence"] = [" ".join(s) for s in generated.sentences]
     checked = _explain(out.obs, task, mdl, [task.primal_prompt(ex) for ex in examples], generated.texts,
-                       false_claims, tasks_dir)
-    out.obs[f"{KEY}_dual_perturbation"] = [b or "unparsed" for b in generated.read_back]
-    out.obs[f"{KEY}_consistent"] = [b == parsed.render() for b in generated.read_back]
-    out.obsm[f"{KEY}_perturbed"] = target
-    out.uns.setdefault(KEY, {})["perturbation"] = {
-        "model": str(mdl.path), "perturbation": parsed.render(), "seed": seed,
-        "unparsed": generated.unparsed, "genes_mapped": int(hit.sum()), **overlap, "faithfulness": checked.info,
+                       false_claims, tasks_dir, key)
+    asked = [task.split(ex)[1] for ex in examples]
+    field = "_".join(asked[0])  # x_u's field: cell_type, perturbation, ...
+    out.obs[f"{key}_dual_{field}"] = [b or "unparsed" for b in generated.read_back]
+    out.obs[f"{key}_consistent"] = [b == task.render_unknown(u) for b, u in zip(generated.read_back, asked,
+                                                                                  strict=True)]
+    out.obsm[f"{key}_{name}"] = target
+    out.uns.setdefault(key, {})[task.name] = {
+        "model": str(mdl.path), **run, "seed": seed, "unparsed": generated.unparsed, "genes_mapped": int(hit.sum()),
+        **overlap, "faithfulness": checked.info,
     }
     return out
 
 
-__all__ = [
-    "RankedAnswer",
-    "annotate",
-    "duality_rerank",
-    "gene_overlap",
-    "generate_cells",
-    "perturb",
-    "predict_sensitivity",
-]
+def perturb(adata: AnnData, model: CellDualityModel | str, perturbation: str, **options: Any) -> AnnData:
+    """Predict each cell's response to ``perturbation`` (e.g. ``"knockout STAT1"``).
+
+    Adds ``.obs['cellduality_perturbed_sentence' | '_reasoning' | '_dual_perturbation' | '_consistent']``
+    and ``.obsm['cellduality_perturbed']``: the predicted expression on ``adata.var_names``
+    (genes the model's inverse does not cover are 0). ``options``: ``batch_size``,
+    ``max_new_tokens`` (256), ``min_overlap``, ``seed``, ``copy``, ``device``, ``false_claims``,
+    ``tasks_dir`` and the sentence options. The generic
+    :func:`~cellduality.inference.generic.predict` with ``task="perturbation"``.
+    """
+    from cellduality.inference.generic import predict
+    from cellduality.tasks.perturbation import Perturbation
+
+    parsed = Perturbation.parse(perturbation)  # the run records the canonical spelling
+    return predict(adata, model, "perturbation", perturbation=parsed.render() if parsed else perturbation, **options)
 

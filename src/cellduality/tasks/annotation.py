@@ -16,6 +16,7 @@ class AnnotationTask(InpaintingTask):
 
     name: ClassVar[str] = "annotation"
     description: ClassVar[str] = "cell sentence -> cell type (dual: hidden genes from observed genes + type)"
+    prediction_key: ClassVar[str | None] = "cell_type"
     primal_templates: ClassVar[tuple[str, ...]] = (
         "Below are the most expressed genes of a single cell, in decreasing order of expression:\n{cell}\n"
         "Which cell type is it? Choose one of: {labels}.\n" + _FORMAT.format(what="the cell type"),

@@ -205,6 +205,13 @@ class Task(ABC):
     """Generative tasks only: score generated cells against the real cells of each condition
     (perturbation) rather than as one population with k-NN accuracy of the condition (generation)."""
 
+    cell_input: ClassVar[str | None] = None
+    """Inference: the key of ``Example.input`` that holds a user's cell (its ranked genes); ``None``
+    when the primal input is not a cell (generation), so no cell of the user is read."""
+    prediction_key: ClassVar[str | None] = None
+    """Inference: results go to ``.obs[f"{key_added}_{prediction_key}"]`` (generative tasks:
+    ``_{prediction_key}_sentence`` and ``.obsm[f"{key_added}_{prediction_key}"]``); default: the name."""
+
     def __init__(self, context: TaskContext | None = None, **options: Any) -> None:
         self.context = context or TaskContext()
         values = validate_options(self.name, self.options_model, {**self.context.options, **options})
@@ -229,6 +236,16 @@ class Task(ABC):
         if self.kind == "classification":
             return B.classification_baselines(train, test, inverse, seed, task=self)
         return B.generation_baselines(scorer, seed)
+
+    def inference_inputs(self) -> tuple[str, ...]:
+        """Inference: what a user gives besides the cells (keyword arguments of ``cd.tl.predict``)."""
+        return ()
+
+    def inference_input(self, values: dict[str, str]) -> dict[str, Any]:
+        """Inference: the ``Example.input`` fields besides the cell, from one value of each of
+        :meth:`inference_inputs`. A value the model cannot take raises :class:`CellDualityError`
+        naming the ones it knows. Default: each value as given."""
+        return {name: values[name] for name in self.inference_inputs()}
 
     @classmethod
     def metric_names(cls) -> tuple[str, ...]:

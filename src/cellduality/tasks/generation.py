@@ -42,6 +42,7 @@ class GenerationTask(Task):
     kind: ClassVar = "generative"
     offline_traces: ClassVar[str | None] = "generation"
     description: ClassVar[str] = "cell type -> cell sentence (dual: cell sentence -> cell type)"
+    prediction_key: ClassVar[str | None] = "generated"
     primal_templates: ClassVar[tuple[str, ...]] = (
         "Generate a single {cell_type} cell as a cell sentence: its {n} most expressed genes, "
         "highest first.\n" + _FORMAT.format(what="the gene symbols, separated by spaces,"),
@@ -95,6 +96,15 @@ class GenerationTask(Task):
                 )
             )
         return examples
+
+    def inference_inputs(self) -> tuple[str, ...]:
+        return ("cell_type",)
+
+    def inference_input(self, values: dict[str, str]) -> dict[str, Any]:
+        cell_type = str(values["cell_type"])
+        if cell_type not in self.context.labels:
+            raise CellDualityError(f"Unknown cell type '{cell_type}'; this model knows: {', '.join(self.context.labels)}.")
+        return {"cell_type": cell_type}
 
     def split(self, example: Example) -> tuple[Known, Unknown]:
         return {}, {"cell_type": example.input["cell_type"]}

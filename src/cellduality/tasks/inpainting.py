@@ -65,6 +65,10 @@ class InpaintingTask(Task):
     default_label_key: ClassVar[str | None] = None
     extra_keys: ClassVar[tuple[str, ...]] = ()
     """Per-example inputs besides the cell (e.g. ``drug``); they are part of ``x_k``."""
+    cell_input: ClassVar[str | None] = "cell"
+
+    def inference_inputs(self) -> tuple[str, ...]:
+        return self.extra_keys
 
     # ---- options -----------------------------------------------------------------------------
     @property

@@ -196,6 +196,8 @@ class PerturbationTask(Task):
     headline_metrics: ClassVar[tuple[str, ...]] = ("scfid", "mmd", "valid_rate", "reward_auc_contrast")
     scored_per_condition: ClassVar[bool] = True
     description: ClassVar[str] = "control cell + perturbation -> perturbed cell (dual: the perturbation)"
+    cell_input: ClassVar[str | None] = "control"
+    prediction_key: ClassVar[str | None] = "perturbed"
     primal_templates: ClassVar[tuple[str, ...]] = (
         "A control cell has these most expressed genes, highest first:\n{control}\n"
         "Predict the cell's top {n} genes after {perturbation}. "
@@ -304,6 +306,17 @@ class PerturbationTask(Task):
                 )
             )
         return examples
+
+    # ---- inference ---------------------------------------------------------------------------
+    def inference_inputs(self) -> tuple[str, ...]:
+        return ("perturbation",)
+
+    def inference_input(self, values: dict[str, str]) -> dict[str, Any]:
+        parsed = Perturbation.parse(values["perturbation"])
+        if parsed is None or parsed.render() not in self.context.perturbations:
+            raise CellDualityError(f"Unknown perturbation '{values['perturbation']}'; this model knows: "
+                                   f"{', '.join(self.context.perturbations)}.")
+        return {"perturbation": parsed.to_dict()}
 
     # ---- duality -----------------------------------------------------------------------------
     def split(self, example: Example) -> tuple[Known, Unknown]:

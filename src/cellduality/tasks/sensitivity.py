@@ -71,6 +71,12 @@ class SensitivityTask(InpaintingTask):
             )
         return {"drugs": tuple(drugs)}
 
+    def inference_input(self, values: dict[str, str]) -> dict[str, Any]:
+        drug = str(values["drug"])
+        if self.context.drugs and drug not in self.context.drugs:
+            raise CellDualityError(f"Unknown drug '{drug}' for this model; it was trained on: {', '.join(self.context.drugs)}.")
+        return {"drug": drug}
+
     def example_extras(self, cells: CellSentenceDataset, index: int) -> dict[str, str]:
         drug_key = self.options.get("drug_key")
         if drug_key and drug_key in cells.obs.columns:
