@@ -11,19 +11,24 @@
 #
 #   GRPO_CONFIGS="a=configs/stage2/grpo_lr5e-5.yaml b=configs/stage2/grpo_lr2e-4.yaml" SEEDS="0 1 2" \
 #     JOBS=16 LIMIT=420 bash benchmarks/gpu_stage2.sh
-# Identity tasks (pbmc68k, Kang 2018: annotation + generation) run every recipe of GRPO_CONFIGS over
-# SEEDS (choose on validation); the dynamics tasks (A375 sensitivity, Kang perturbation) run the
-# first recipe once (seed 0).
+# Identity tasks (DATASETS, default pbmc68k and Kang 2018: annotation + generation) run every recipe
+# of GRPO_CONFIGS over SEEDS (choose on validation); the dynamics tasks (A375 sensitivity, Kang
+# perturbation) run the first recipe once (seed 0; DYNAMICS=0 skips them). DIAGNOSE lists the
+# duality rewards diagnosed on each SFT model (empty: none); EXTRA_ARGS go to stage2_protocol.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_stage2_out}"
 WORK="${WORK:-${TMPDIR:-/tmp}/cellduality_stage2}"
 SEEDS="${SEEDS:-0 1 2}"
+DATASETS="${DATASETS:-pbmc68k_reduced kang2018}"
+DIAGNOSE="${DIAGNOSE-likelihood paper}"
 JOBS="${JOBS:-14}"
 LIMIT="${LIMIT:-420}"
 GRPO_CONFIGS="${GRPO_CONFIGS:-default=configs/grpo.yaml}"
 RECIPES=()
 for c in $GRPO_CONFIGS; do RECIPES+=(--grpo-config "$c"); done
+IDENTITY=()
+for d in $DATASETS; do IDENTITY+=(--dataset "$d"); done
 FIRST="${GRPO_CONFIGS%% *}"
 RES="$WORK/results"
 mkdir -p "$OUT" "$RES"
@@ -40,7 +45,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELI
 python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$OUT/machine.txt" 2>&1
 # shellcheck disable=SC2086
 python3 benchmarks/stage2_protocol.py --out "$WORK/identity" --results "$RES/identity" \
-  --dataset pbmc68k_reduced --dataset kang2018 --seeds $SEEDS "${RECIPES[@]}" --diagnose likelihood paper \
+  "${IDENTITY[@]}" --seeds $SEEDS "${RECIPES[@]}" --diagnose $DIAGNOSE \
   --jobs "$JOBS" --time-limit "$LIMIT" ${EXTRA_ARGS:-} > "$RES/identity.log" 2>&1 &
 if [ -n "${DYNAMICS:-1}" ] && [ "${DYNAMICS:-1}" != 0 ]; then
   python3 benchmarks/stage2_protocol.py --out "$WORK/dynamics" --results "$RES/dynamics" \
@@ -52,4 +57,4 @@ kill "$PACKER" 2>/dev/null
 date >> "$OUT/machine.txt"
 cp "$OUT/machine.txt" "$RES/"
 pack
-tail -3 "$RES/identity.log" "$RES/dynamics.log" 2>/dev/null
+tail -n 3 "$RES/identity.log" "$RES/dynamics.log" 2>/dev/null

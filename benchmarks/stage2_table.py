@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 METRICS = {"classification": ("accuracy", "macro_f1", "faithful_cell_claims"),
-           "generative": ("knn@10", "gw", "valid_rate")}
-PRIMARY = {"classification": "accuracy", "generative": "knn@10"}
+           "generative": ("knn@10", "gw", "valid_rate"),
+           "distribution": ("scfid", "mmd", "wasserstein")}  # perturbation: predicted vs real populations
+PRIMARY = {"classification": "accuracy", "generative": "knn@10", "distribution": "scfid"}
+LOWER_IS_BETTER = {"gw", "scfid", "mmd", "wasserstein"}
+PERCENT = {"accuracy", "macro_f1", "faithful_cell_claims", "knn@10", "valid_rate"}
 BASELINES = ("sft", "sft_extra", "best_sft")
+
+
+def _kind(metrics: dict[str, Any]) -> str:
+    """Which metric family a task's ``metrics.json`` entry has."""
+    return "classification" if "accuracy" in metrics else "generative" if "knn@10" in metrics else "distribution"
 
 
 def _load(path: Path) -> Any:
@@ -49,7 +57,7 @@ def collect(root: Path) -> dict[str, Any]:
                 names = sorted({f.name[: -len(f"_{split}.json")] for f in seed_dir.glob(f"*_{split}.json")})
                 runs = {m: _load(seed_dir / f"{m}_{split}.json") for m in names}
                 for task in (runs.get("sft") or {}):
-                    kind = "classification" if "accuracy" in runs["sft"][task] else "generative"
+                    kind = _kind(runs["sft"][task])
                     entry = tasks.setdefault(task, {"kind": kind, "seeds": set(), "splits": {}})
                     entry["seeds"].add(seed_dir.name)
                     per_method = entry["splits"].setdefault(split, {m: {} for m in BASELINES})
@@ -88,19 +96,27 @@ def _best_sft(tasks: dict[str, Any]) -> None:
         if primary is None or val is None:
             continue
         plain, extra = val["sft"].get(primary, {}), val["sft_extra"].get(primary, {})
-        pick = {seed: "sft_extra" if extra.get(seed) is not None and (plain.get(seed) is None or extra[seed] > plain[seed])
-                else "sft" for seed in set(plain) | set(extra)}
+        sign = -1 if primary in LOWER_IS_BETTER else 1
+        pick = {seed: "sft_extra" if extra.get(seed) is not None and (
+                    plain.get(seed) is None or sign * extra[seed] > sign * plain[seed]) else "sft"
+                for seed in set(plain) | set(extra)}
         for split_values in entry["splits"].values():
             for metric in set(split_values["sft"]) | set(split_values["sft_extra"]):
                 split_values["best_sft"][metric] = {
                     seed: split_values[method].get(metric, {}).get(seed) for seed, method in pick.items()}
 
 
-def _fmt(pair: tuple[float, float] | None, pct: bool) -> str:
+def _fmt(pair: tuple[float, float] | None, pct: bool, n: int | None = None, of: int | None = None) -> str:
+    """``mean ± std``; `` (n=k)`` when only ``k`` of the ``of`` seeds have a value."""
     if pair is None:
         return "–"
     mean, std = pair
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.3f} ± {std:.3f}"
+    text = f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.3f} ± {std:.3f}"
+    return text + (f" (n={n})" if n is not None and of is not None and n < of else "")
+
+
+def _count(values: dict[str, float]) -> int:
+    return sum(1 for v in values.values() if v is not None and v == v)
 
 
 def recipes(split: dict[str, Any]) -> list[str]:
@@ -108,17 +124,20 @@ def recipes(split: dict[str, Any]) -> list[str]:
     return sorted({m[len("duality"):].lstrip("_") for m in split if m.startswith("duality")})
 
 
-def gap_closed(split: dict[str, Any], metric: str, recipe: str = "") -> tuple[float, float] | None:
-    """Mean over seeds of (duality - best SFT) / (oracle - best SFT), where the oracle improved."""
+def gap_closed(split: dict[str, Any], metric: str, recipe: str = "") -> tuple[tuple[float, float] | None, int]:
+    """Mean over seeds of (duality - best SFT) / (oracle - best SFT) where the oracle improved; how many seeds."""
     suffix = f"_{recipe}" if recipe else ""
-    base, dual, oracle = (split.get(m, {}).get(metric, {}) for m in ("best_sft", f"duality{suffix}", f"oracle{suffix}"))
+    oracles = [m for m in split if m.startswith("oracle")]
+    oracle_name = f"oracle{suffix}" if f"oracle{suffix}" in split or len(oracles) != 1 else oracles[0]  # --oracle-once
+    base, dual, oracle = (split.get(m, {}).get(metric, {}) for m in ("best_sft", f"duality{suffix}", oracle_name))
     values = []
+    sign = -1 if metric in LOWER_IS_BETTER else 1
     for seed in base:
         s, d, o = base.get(seed), dual.get(seed), oracle.get(seed)
-        if None in (s, d, o) or o - s <= 0:
+        if None in (s, d, o) or sign * (o - s) <= 0:
             continue
         values.append((d - s) / (o - s))
-    return _mean_std(values)
+    return _mean_std(values), len(values)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -136,13 +155,16 @@ def markdown(results: dict[str, Any]) -> str:
                 metrics = METRICS[kind]
                 lines.append(f"{split} | " + " | ".join(metrics))
                 lines.append("---|" + "|".join("---" for _ in metrics))
+                n_seeds = len(entry["seeds"])
                 for method in values:
-                    cells = [_fmt(_mean_std(values[method].get(m, {})), pct=m != "gw") for m in metrics]
+                    cells = [_fmt(_mean_std(values[method].get(m, {})), m in PERCENT,
+                                  _count(values[method].get(m, {})), n_seeds) for m in metrics]
                     lines.append(f"{method} | " + " | ".join(cells))
                 primary = PRIMARY[kind]
                 for recipe in recipes(values):
-                    gap = _fmt(gap_closed(values, primary, recipe), pct=True)
-                    lines.append(f"\ngap closed ({split}, {primary}{', recipe ' + recipe if recipe else ''}): {gap}")
+                    gap, k = gap_closed(values, primary, recipe)
+                    lines.append(f"\ngap closed ({split}, {primary}{', recipe ' + recipe if recipe else ''}): "
+                                 f"{_fmt(gap, pct=True)} ({k} of {n_seeds} seeds have an oracle better than best SFT)")
                 lines.append("")
             for reward, diag in (entry.get("diagnostics") or {}).items():
                 lines.append(f"SFT model, '{reward}' duality reward diagnostics (validation): " + ", ".join(

@@ -59,8 +59,9 @@ def test_any_trl_field_from_yaml_reaches_the_trainer_config(tmp_path):
     assert args.generation_kwargs == {"min_p": 0.05} and args.vllm_gpu_memory_utilization == 0.5
     default = build_grpo_config(GRPOSettings(), tmp_path / "ck2", target="cpu")
     assert default.mask_truncated_completions is False and default.top_k == 0
-    # our defaults still win over TRL's (beta 0.0, loss_type dapo, seed 42 there)
-    assert (default.beta, default.loss_type, default.seed, default.data_seed) == (0.04, "grpo", 0, 0)
+    # our defaults still win over TRL's (beta 0.0, scale_rewards group, learning rate 1e-6, seed 42 there)
+    assert (default.beta, default.loss_type, default.scale_rewards, default.learning_rate, default.seed,
+            default.data_seed) == (0.04, "dapo", "none", 5e-5, 0, 0)
 
 
 def test_unknown_derived_and_mistyped_keys_are_one_line_errors(tmp_path):
