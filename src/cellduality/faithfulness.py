@@ -21,12 +21,13 @@ label-free reward (:class:`FaithfulnessReward`). Parsers never raise on model ou
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cellduality.models.copy_ranks import InputCell
     from cellduality.tasks.base import Task
     from cellduality.teacher.knowledge import ClassProfiles
 
@@ -128,6 +129,32 @@ class FaithfulnessReport:
 # --------------------------------------------------------------------------------------------
 
 _FIELD = re.compile(r"\{(\w+)\}")
+
+
+def prompt_cell_reader(tasks: Mapping[str, Task]) -> Callable[[str], InputCell | None]:
+    """``raw prompt -> its input cell`` over ``tasks`` (the first task whose templates fit).
+
+    For copy-aware decoding (:class:`~cellduality.models.copy_ranks.CopyRanks`): the cell a
+    reasoning's rank claims are about, read from the prompt alone (:meth:`Task.claim_cells`).
+    """
+    from cellduality.models.copy_ranks import InputCell
+
+    def cell_of(prompt: str) -> InputCell | None:
+        for task in tasks.values():
+            cell, _ = task.claim_cells(prompt, "")
+            if cell:
+                return InputCell(cell, task.cites_input_genes_only)
+        return None
+
+    return cell_of
+
+
+def copy_aware_decoding(tasks: Mapping[str, Task]) -> dict[str, Any]:
+    """Keyword arguments of :func:`~cellduality.models.make_generate_fn` for copy-aware decoding."""
+    from cellduality.tasks.base import gene_vocabulary
+
+    labels = {task.render_answer(a) for task in tasks.values() for a in task.answer_candidates()}
+    return {"cell_of": prompt_cell_reader(tasks), "genes": gene_vocabulary(tasks), "labels": sorted(labels)}
 
 
 def prompt_field(prompt: Any, templates: Sequence[str], name: str) -> str | None:

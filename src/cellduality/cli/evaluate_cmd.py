@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
                                         help="Duality reward whose validity is measured: likelihood or paper."),
         fast_labels: bool = typer.Option(False, "--fast-labels", help="Classification tasks: rank the labels by "
                                          "likelihood (no reasoning written; fast) instead of generating answers."),
+        copy_aware: bool = typer.Option(False, "--copy-aware", help="Copy-aware decoding of the reasoning: stated "
+                                        "ranks copied from the input cell; only its genes cited where the task "
+                                        "allows (inference's default)."),
     ) -> None:
         """Evaluate a model on the test split: paper metrics, baselines, Markdown report and plots."""
         from rich.console import Console
@@ -54,7 +57,8 @@ def register(app: typer.Typer) -> None:
         results = evaluate_model(model_dir, tasks_dir, out_dir, seed=seed, do_sample=sample, temperature=temperature,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, max_examples=max_examples,
                                  tasks=task or None, baselines=baselines, reward_validity=reward_validity,
-                                 overwrite=True, split=split, fast_labels=fast_labels, dual_reward=dual_reward)
+                                 overwrite=True, split=split, fast_labels=fast_labels, dual_reward=dual_reward,
+                                 copy_aware=copy_aware)
         console = Console()
         for name, metrics in results.items():
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k and v == v)

@@ -57,8 +57,12 @@ def evaluate_model(
     split: str = "test",
     dual_reward: str = "likelihood",
     fast_labels: bool = False,
+    copy_aware: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the model in ``model_dir`` on ``split`` (default ``test``) of ``tasks_dir``; returns metrics.json.
+
+    ``copy_aware`` decodes the reasoning copy-aware (:func:`cellduality.faithfulness.copy_aware_decoding`),
+    as inference does by default; off, the figures are the model's own.
 
     The figures also go into the evaluation section of the model's card (``README.md``).
 
@@ -72,9 +76,12 @@ def evaluate_model(
 
     read_model_info(model_dir)  # one-line error when it is not a CellDuality model
     model, tokenizer = load_model(model_dir, device=inference_device())
+    from cellduality.faithfulness import copy_aware_decoding
+
+    task_map = load_tasks(tasks_dir)
+    decoding = copy_aware_decoding(task_map) if copy_aware else {"genes": gene_vocabulary(task_map)}
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                temperature=temperature, batch_size=batch_size, seed=seed,
-                                genes=gene_vocabulary(load_tasks(tasks_dir)))
+                                temperature=temperature, batch_size=batch_size, seed=seed, **decoding)
     from cellduality.evaluation.reward_diagnostics import make_duality_reward
 
     def reward_for(task_map: dict[str, Any]) -> Any:  # the duality reward GRPO would use, on this model
@@ -87,7 +94,8 @@ def evaluate_model(
                                 label_fn=fast_label_fn(model_dir, model, tokenizer, tasks_dir) if fast_labels else None,
                                 run_info={"model_dir": str(model_dir), "split": split, "do_sample": do_sample,
                                           "temperature": temperature, "max_new_tokens": max_new_tokens,
-                                          "fast_labels": fast_labels, "dual_reward": dual_reward})
+                                          "fast_labels": fast_labels, "dual_reward": dual_reward,
+                                          "copy_aware": copy_aware})
     from cellduality.models.card import evaluation_section, update_model_card
 
     # the model card's figures (only its evaluation section; the model's files are not touched)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from cellduality.models.copy_ranks import CellOf, CopyRanks
 from cellduality.models.loading import format_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,8 @@ def make_generate_fn(
     seed: int | None = None,
     genes: Iterable[str] | None = None,
     require_reasoning: bool = False,
+    cell_of: CellOf | None = None,
+    labels: Iterable[str] = (),
 ) -> Callable[[list[str]], list[str]]:
     """Return ``generate(prompts) -> completions`` for raw task prompts.
 
@@ -128,6 +131,11 @@ def make_generate_fn(
     reproducible and the caller's random state is untouched. With ``genes`` (the tasks' gene
     vocabulary), a gene cannot repeat inside an ``<answer>`` (:class:`UniqueAnswerGenes`). With
     ``require_reasoning``, the ``<think>`` block cannot be left empty (:class:`RequireReasoning`).
+    With ``cell_of`` (raw prompt -> its input cell), a rank the reasoning states for a gene of the
+    input cell is copied from that cell, and for tasks that cite only the input's genes, other
+    genes (not ``labels``' tokens) are barred from the reasoning
+    (:class:`~cellduality.models.copy_ranks.CopyRanks`; needs ``genes``); the returned function's
+    ``copy_ranks`` attribute is that processor (or ``None``).
     """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
@@ -136,6 +144,9 @@ def make_generate_fn(
     processors = LogitsProcessorList([unique] if unique is not None and unique.active else [])
     if require_reasoning and (think := RequireReasoning(tokenizer)).active:
         processors.append(think)
+    copy = CopyRanks(tokenizer, genes or (), labels) if cell_of is not None else None
+    if copy is not None and copy.active:
+        processors.append(copy)
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -165,6 +176,8 @@ def make_generate_fn(
                         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                         if unique is not None:
                             unique.reset()
+                        if copy is not None:
+                            copy.reset([cell_of(p) for p in prompts[start : start + batch_size]])
                         out = model.generate(**batch, generation_config=config, logits_processor=processors)
                         new = out[:, batch["input_ids"].shape[1] :]
                         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
@@ -173,4 +186,5 @@ def make_generate_fn(
                 model.train(was_training)
         return outputs
 
+    generate.copy_ranks = copy  # type: ignore[attr-defined]
     return generate

@@ -195,6 +195,9 @@ class Task(ABC):
     options_model: ClassVar[type[TaskOptions]] = TaskOptions
     """The task's options: names, types and the one default of each (:mod:`.options`)."""
     offline_traces: ClassVar[str | None] = None
+    cites_input_genes_only: ClassVar[bool] = False
+    """True when the primal reasoning cites only genes of the input cell (the teacher's traces never
+    name another): copy-aware decoding may then keep the reasoning to those genes."""
     """Which trace writer of the offline teacher serves this task: a key of
     :data:`cellduality.teacher.offline.TRACE_WRITERS` (a plug-in may register its own there).
     ``None``: only an API teacher can write its traces. A name, not a teacher object, because

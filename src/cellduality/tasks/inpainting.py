@@ -60,6 +60,7 @@ class InpaintingTask(Task):
     kind: ClassVar = "classification"
     options_model: ClassVar[type[TaskOptions]] = InpaintingOptions
     offline_traces: ClassVar[str | None] = "labels"
+    cites_input_genes_only: ClassVar[bool] = True
     primal_templates: ClassVar[tuple[str, ...]]
     dual_templates: ClassVar[tuple[str, ...]]
     default_label_key: ClassVar[str | None] = None

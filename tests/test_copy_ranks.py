@@ -1,0 +1,80 @@
+"""Copy-aware decoding: a stated rank is copied from the input cell; absent genes cannot be cited."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellduality.faithfulness import copy_aware_decoding, prompt_cell_reader
+
+
+@pytest.fixture(scope="module")
+def setup(pbmc_task):
+    from cellduality.models import load_model
+    from cellduality.tasks.base import format_response
+
+    cells, task = pbmc_task
+    example = task.make_examples(cells, range(1), seed=0)[0]
+    prompt = task.primal_prompt(example)
+    texts = [prompt, format_response("Key evidence: CD3E (rank 4; in 90% of CD4 cells) and IL32 at rank 2.", "x")]
+    _, tokenizer = load_model("tiny", tokenizer_texts=texts, genes=sorted(task.context.genes))
+    return task, prompt, tokenizer
+
+
+def _step(processor, tokenizer, prompt: str, generated: str):
+    """Scores the processor leaves for the token after ``generated`` (flat scores going in)."""
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    new_ids = tokenizer.encode(generated, add_special_tokens=False)
+    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))  # first step: remembers the prompt length
+    return processor(torch.tensor([prompt_ids + new_ids]), torch.zeros(1, len(tokenizer)))[0]
+
+
+def test_the_rank_of_a_cited_gene_is_copied_from_the_input_cell(setup):
+    from cellduality.models.copy_ranks import CopyRanks
+
+    task, prompt, tokenizer = setup
+    cell = prompt_cell_reader({"annotation": task})(prompt)
+    assert cell is not None and cell.cite_only_these and len(cell.genes) == 24
+    gene = cell.genes[6]
+    for cue in (f"<think> Key evidence: {gene} (rank", f"<think> {gene} at rank", f"<think> {gene} at rank 7 (rank"):
+        processor = CopyRanks(tokenizer)
+        processor.reset([cell])
+        scores = _step(processor, tokenizer, prompt, cue)
+        forced = tokenizer.encode(" 7", add_special_tokens=False)
+        assert torch.isfinite(scores).sum() == 1 and int(scores.argmax()) == forced[0], cue
+        assert processor.forced == 1
+    # not a gene of the cell, inside the answer, or a row without a cell: left alone
+    for cue, cells in (("<think> MADEUP1 (rank", [cell]), (f"<think> x </think> <answer> {gene} (rank", [cell]),
+                       (f"<think> {gene} (rank", [None])):
+        processor = CopyRanks(tokenizer)
+        processor.reset(cells)
+        assert torch.isfinite(_step(processor, tokenizer, prompt, cue)).all(), cue
+
+
+def test_only_genes_of_the_input_cell_and_label_words_can_be_cited(setup):
+    task, prompt, tokenizer = setup
+    from cellduality.models.copy_ranks import CopyRanks
+
+    kwargs = copy_aware_decoding({"annotation": task})
+    processor = CopyRanks(tokenizer, kwargs["genes"], kwargs["labels"])
+    cell = kwargs["cell_of"](prompt)
+    processor.reset([cell])
+    scores = _step(processor, tokenizer, prompt, "<think> Key evidence:")
+    allowed = {g for g in task.context.genes if torch.isfinite(scores[tokenizer.encode(f" {g}", add_special_tokens=False)]).all()}
+    label_genes = {g for g in task.context.genes if any(g in label.split("+")[0].split("/") for label in task.context.labels)}
+    in_cell = set(cell.genes)
+    assert in_cell <= allowed  # every gene of the cell stays available
+    assert allowed - in_cell <= label_genes  # others only where a label spells them (CD14 in "CD14+ Monocyte")
+    assert len(allowed) < len(task.context.genes) / 2
+    after = _step(processor, tokenizer, prompt, "<think> ok </think> <answer>")
+    assert torch.isfinite(after).all()  # the answer is never constrained
+
+
+def test_generate_fn_wires_copy_aware_decoding(setup, tiny_model):
+    from cellduality.models import make_generate_fn
+
+    task, prompt, _ = setup
+    model, _ = tiny_model
+    generate = make_generate_fn(model.model, model.tokenizer, max_new_tokens=4, **copy_aware_decoding({"annotation": task}))
+    assert generate.copy_ranks is not None and len(generate([prompt, "no cell here"])) == 2
+    assert make_generate_fn(model.model, model.tokenizer, max_new_tokens=4).copy_ranks is None
