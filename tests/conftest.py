@@ -68,19 +68,9 @@ def tasks_dir(pbmc_small, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sft_dir(tasks_dir, tmp_path_factory) -> Path:
     """A `tiny` preset saved as a CellDuality model (stands in for the Stage-1 model)."""
-    import json
+    from helpers import save_tiny_model
 
-    from datasets import load_from_disk
-
-    from cellduality.models import load_model, save_cellduality_model
-
-    primal = load_from_disk(str(tasks_dir / "primal"))["train"]
-    vocabulary = json.loads((tasks_dir / "vocabulary.json").read_text())
-    model, tokenizer = load_model("tiny", tokenizer_texts=list(primal["prompt"]) + list(primal["answer"]),
-                                  genes=vocabulary)
-    out = tmp_path_factory.mktemp("grpo") / "sft"
-    save_cellduality_model(model, tokenizer, out, {"stage": "sft", "base_model": "tiny"}, lineage_dir=tasks_dir)
-    return out
+    return save_tiny_model(tasks_dir, tmp_path_factory.mktemp("grpo") / "sft")
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,34 @@ class FakeModel(CellDualityModel):
 
     def generator(self, *, do_sample: bool = False, **_: object):
         return self._sample if do_sample else self._dual
+
+
+# ---- models and the command line ------------------------------------------------------------
+
+
+def save_tiny_model(tasks_dir: Path, out: Path) -> Path:
+    """A random `tiny` preset saved as a CellDuality model of ``tasks_dir``'s tasks, with its lineage
+    (stands in for the Stage-1 model: its tokenizer knows the prompts, answers and genes)."""
+    from datasets import load_from_disk
+
+    from cellduality.models import load_model, save_cellduality_model
+
+    primal = load_from_disk(str(Path(tasks_dir) / "primal"))["train"]
+    vocabulary = json.loads((Path(tasks_dir) / "vocabulary.json").read_text())
+    model, tokenizer = load_model("tiny", tokenizer_texts=list(primal["prompt"]) + list(primal["answer"]),
+                                  genes=vocabulary)
+    save_cellduality_model(model, tokenizer, out, {"stage": "sft", "base_model": "tiny"}, lineage_dir=tasks_dir)
+    return out
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """``cellduality ARGS`` in this process: ``(exit code, stdout, stderr)``."""
+    from cellduality.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -17,7 +17,7 @@ from cellduality.cli.main import main
 from cellduality.errors import CellDualityError
 from cellduality.tasks import build_task_datasets, load_tasks
 from cellduality.training.grpo import GRPOSettings
-from helpers import to_cells
+from helpers import save_tiny_model, to_cells
 
 # a small recipe for a CPU test; everything else is the default recipe
 FAST = ["--set", "num_generations=4", "--set", "max_completion_length=12", "--set", "dual_max_new_tokens=12",
@@ -27,18 +27,10 @@ FAST = ["--set", "num_generations=4", "--set", "max_completion_length=12", "--se
 @pytest.fixture(scope="module")
 def sft_dir(pbmc_small, tmp_path_factory) -> Path:
     """A `tiny` preset saved as a CellDuality model trained on pbmc68k_reduced's tasks (as tests/test_grpo.py)."""
-    from cellduality.models import load_model, save_cellduality_model
-
     root = tmp_path_factory.mktemp("adapt")
     cells = to_cells(pbmc_small, "bulk_labels", top_k=24, raw=True)
     build_task_datasets(cells, ["annotation", "generation"], root / "tasks", max_genes=8, seed=0, max_examples=12)
-    primal = load_from_disk(str(root / "tasks" / "primal"))["train"]
-    vocabulary = json.loads((root / "tasks" / "vocabulary.json").read_text())
-    model, tokenizer = load_model("tiny", tokenizer_texts=list(primal["prompt"]) + list(primal["answer"]),
-                                  genes=vocabulary)
-    save_cellduality_model(model, tokenizer, root / "sft", {"stage": "sft", "base_model": "tiny"},
-                           lineage_dir=root / "tasks")
-    return root / "sft"
+    return save_tiny_model(root / "tasks", root / "sft")
 
 
 @pytest.fixture(scope="module")

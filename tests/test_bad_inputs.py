@@ -34,10 +34,12 @@ def _h5ad(path: Path, obs: dict, dense: np.ndarray | None = None, dtype=np.float
     return path
 
 
-def _fake_model(folder: Path, fingerprint: dict | None = None) -> Path:
-    """A folder that `read_model_info` accepts: enough for every refusal that comes before loading weights."""
+def _fake_model(folder: Path, fingerprint: dict | None = None, tasks: Path | None = None) -> Path:
+    """A folder that `read_model_info` accepts: enough for every refusal that comes before loading weights
+    (``tasks``: a tasks folder whose tasks the model records, for refusals of a task or its inputs)."""
     folder.mkdir(parents=True)
-    (folder / "cellduality.json").write_text(json.dumps({"format": "cellduality.model/1", "stage": "sft"}))
+    recorded = {"tasks": json.loads((tasks / "tasks.json").read_text())} if tasks else {}
+    (folder / "cellduality.json").write_text(json.dumps({"format": "cellduality.model/1", "stage": "sft", **recorded}))
     (folder / "config.json").write_text("{}")
     marker = {"command": "sft", **({"fingerprint": fingerprint} if fingerprint else {})}
     (folder / ".cellduality-output.json").write_text(json.dumps(marker))
@@ -85,6 +87,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     paths["sft"] = sft
     paths["model"] = _fake_model(root / "model", fingerprint={"settings": {"max_steps": 5}})
     paths["model2"] = _fake_model(root / "model2")
+    build_task_datasets(paths["sent"], ["annotation", "generation"], root / "tasks_gen", max_genes=12)
+    paths["task_model"] = _fake_model(root / "task_model", tasks=root / "tasks_gen")
 
     user = root / "user"
     user.mkdir()
@@ -154,6 +158,31 @@ CASES = [
     ("perturb-over-other-file", "perturb {h5ad} --perturbation 'knockout STAT1' --model {model} --out {other_h5ad}",
      2, "--overwrite"),
     ("generate-into-model", "generate --model {model} --cell-type 'T cell' --out {model}/g.h5ad", 2, "inside the input"),
+    ("predict-over-input", "predict {h5ad} --model {task_model} --task annotation --out {h5ad}", 2, "input file"),
+    ("predict-over-other-file", "predict {h5ad} --model {task_model} --task annotation --out {other_h5ad}", 2,
+     "--overwrite"),
+    ("predict-unknown-task", "predict {h5ad} --model {task_model} --task sensitivity --out {root}/p1.h5ad", 2,
+     "not trained on the 'sensitivity' task; it knows: annotation, generation"),
+    ("predict-unregistered-task", "predict {h5ad} --model {task_model} --task condition --out {root}/p1.h5ad", 2,
+     "not trained on the 'condition' task"),
+    ("predict-unknown-input-key", "predict {h5ad} --model {task_model} --task annotation --input drug=PLX4720 "
+     "--out {root}/p2.h5ad", 2, "Task 'annotation' has no input 'drug'; it takes nothing besides the cells"),
+    ("predict-input-key-typo", "predict {h5ad} --model {task_model} --task generation --input cell_typ=T "
+     "--out {root}/p3.h5ad", 2, "did you mean 'cell_type'?"),
+    ("predict-missing-obs-column", "predict {h5ad} --model {task_model} --task generation "
+     "--input cell_type=obs:celltype --out {root}/p4.h5ad", 2, "has no .obs column 'celltype'; did you mean 'cell_type'?"),
+    ("predict-missing-input", "predict {h5ad} --model {task_model} --task generation --out {root}/p5.h5ad", 2,
+     "needs --input cell_type=VALUE"),
+    ("predict-unknown-input-value", "predict {h5ad} --model {task_model} --task generation --input 'cell_type=Neuron' "
+     "--out {root}/p6.h5ad", 2, "Unknown cell type 'Neuron'"),
+    ("predict-input-not-key-value", "predict {h5ad} --model {task_model} --task generation --input cell_type "
+     "--out {root}/p7.h5ad", 2, "write KEY=VALUE"),
+    ("predict-rerank-on-generative-task", "predict {h5ad} --model {task_model} --task generation "
+     "--input cell_type=obs:cell_type --method rerank --out {root}/p8.h5ad", 2, "apply to classification tasks"),
+    ("predict-bad-key-added", "predict {h5ad} --model {task_model} --task annotation --key-added 'a b' "
+     "--out {root}/p9.h5ad", 2, "key_added must be a plain name"),
+    ("predict-not-a-model", "predict {h5ad} --model {user} --task annotation --out {root}/p10.h5ad", 2,
+     "not a CellDuality model"),
     ("quickstart-into-user-folder", "quickstart --out {user}", 2, "did not write"),
     ("quickstart-into-sentences", "quickstart --out {sent}", 2, "`cellduality sentences`"),
     ("quickstart-into-cwd", "quickstart --out .", 2, "current folder"),

@@ -1,17 +1,25 @@
 """A fifth task that lives only in ``tests/task_plugin_sample.py`` runs the whole pipeline (issue #11):
 sentences -> tasks build (its own typed options) -> teach (offline teacher) -> SFT -> GRPO with both
-duality rewards -> evaluate (metrics and baselines) -> predict on an AnnData, with no change in ``src/``."""
+duality rewards -> evaluate (metrics and baselines) -> predict on an AnnData (Python and the
+``cellduality predict`` command), with no change in ``src/``."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import anndata
 import pytest
 
 from cellduality.cli.main import main
 from cellduality.tasks.base import TASKS, register_task
 
+PLUGIN_ENV = {**os.environ, "CELLDUALITY_TASKS": "task_plugin_sample", "PYTHONPATH": str(Path(__file__).parent)}
+"""How a user's shell finds a plug-in task: its module on the path, named in CELLDUALITY_TASKS."""
 TINY_GRPO = ["--max-steps", "1", "--set", "num_generations=2", "--set", "prompts_per_step=1",
              "--set", "max_completion_length=8", "--set", "dual_max_new_tokens=8", "--set", "save_steps=50"]
 
@@ -82,20 +90,27 @@ def test_a_plugin_task_runs_end_to_end(plugin, pbmc_small, tmp_path, capsys):
     assert set(result.obs["cellduality_condition"].astype(str)) <= labels
     assert result.uns["cellduality"]["condition"]["labels"] == sorted(labels)
 
+    # the `cellduality predict` command, in a fresh process that finds the plug-in by CELLDUALITY_TASKS alone
+    pbmc_small[:12].copy().write_h5ad(tmp_path / "new.h5ad")
+    command = [sys.executable, "-m", "cellduality.cli.main", "predict", tmp_path / "new.h5ad", "--model",
+               tmp_path / "grpo_likelihood", "--task", "condition", "--out", tmp_path / "predicted.h5ad",
+               "--max-new-tokens", 8, "--batch-size", 12, "--min-overlap", 0, "--key-added", "cond"]
+    ran = subprocess.run([str(a) for a in command], env=PLUGIN_ENV, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    predicted = anndata.read_h5ad(tmp_path / "predicted.h5ad")
+    assert set(predicted.obs["cond_condition"].astype(str)) <= labels
+    assert predicted.obs["cond_confidence"].between(0, 1).all()
+    assert list(predicted.uns["cond"]["condition"]["labels"]) == sorted(labels)
+    assert "Wrote" in ran.stdout and "cond_condition" in ran.stdout
+
 
 
 def test_plugins_are_found_without_editing_the_package(monkeypatch):
     """``CELLDUALITY_TASKS=module`` makes the ``cellduality`` command import and register the task."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from cellduality.errors import CellDualityError
     from cellduality.tasks import load_plugins
 
-    env = {**os.environ, "CELLDUALITY_TASKS": "task_plugin_sample", "PYTHONPATH": str(Path(__file__).parent)}
-    listed = subprocess.run([sys.executable, "-m", "cellduality.cli.main", "tasks", "list"], env=env,
+    listed = subprocess.run([sys.executable, "-m", "cellduality.cli.main", "tasks", "list"], env=PLUGIN_ENV,
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()] == [

@@ -10,13 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from datasets import load_from_disk
 
-from cellduality.cli.main import main
 from cellduality.tasks import build_task_datasets, load_tasks
 from cellduality.tasks.base import direct_prompt
 from cellduality.tasks.builders import load_task_datasets
 from cellduality.teacher import TeachConfig, build_sft
 from cellduality.teacher.offline import OfflineTeacher
-from helpers import to_cells
+from helpers import run_cli, to_cells
 
 SECRET = "sk-cli-secret-never-on-disk-93b1"
 
@@ -27,16 +26,6 @@ def tasks_dir(pbmc_small, tmp_path_factory):
     build_task_datasets(to_cells(pbmc_small, "bulk_labels", top_k=48, raw=True), ["annotation", "generation"], out,
                         max_genes=16, max_examples=40, seed=0)
     return out
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):

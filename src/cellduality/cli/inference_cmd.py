@@ -1,15 +1,21 @@
-"""``cellduality annotate | sensitivity | generate | perturb``: a trained model on your own cells.
+"""``cellduality predict | annotate | sensitivity | generate | perturb``: a trained model on your own cells.
 
 Each reads an ``.h5ad`` (never modified), writes results into a copy's ``.obs``/``.obsm``/``.uns``
-and saves it to ``--out``; the Python API is :mod:`cellduality.inference`.
+and saves it to ``--out``; the Python API is :mod:`cellduality.inference` and ``cd.tl``.
+``predict`` runs any task the model learned (a plug-in task included); ``annotate`` and
+``sensitivity`` are ``predict`` with the task named, sharing its body and options.
 """
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+from cellduality.cli.options import option, option_group
 from cellduality.cli.sentences_cmd import with_gene_options
 from cellduality.errors import CellDualityError
 
@@ -25,7 +31,24 @@ METHOD = typer.Option("fast", "--method", help="'fast': labels ranked by likelih
 EXPLAIN = typer.Option(False, "--explain", help="Fast method: also write reasoning for every cell (much slower).")
 EXPLAIN_LEAST = typer.Option(0, "--explain-least-confident", min=0, metavar="N",
                              help="Fast method: write reasoning for the N least confident cells only.")
-N_SAMPLES_HELP = "Rerank method: answers sampled per cell for duality reranking (1 = greedy)."
+INPUT = typer.Argument(..., help="Your cells (.h5ad).")
+DRUG = typer.Option(..., "--drug", help="Drug name, as the model was trained on it.")
+
+# The options of every command that labels cells (predict, annotate, sensitivity): one declaration.
+with_run_options = option_group([
+    option("method", METHOD, str),
+    option("explain", EXPLAIN, bool),
+    option("explain_least_confident", EXPLAIN_LEAST, int),
+    option("n_samples", typer.Option(4, min=1, help="Rerank method: answers sampled per cell for duality "
+                                     "reranking (1 = greedy)."), int),
+    option("batch_size", typer.Option(64, min=1, help="Cells per generation batch (reasoning)."), int),
+    option("min_overlap", typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to "
+                                       "the model."), float),
+    option("false_claims", FALSE_CLAIMS, str),
+    option("tasks", TASKS, Optional[Path]),  # noqa: UP045
+    option("seed", typer.Option(0), int),
+    option("overwrite", OVERWRITE, bool),
+], "run")
 
 
 def _read(path: Path):
@@ -56,7 +79,7 @@ def _write(adata, out: Path) -> None:
         raise CellDualityError(f"Cannot write {out}: {exc.strerror or exc}; check free disk space and permissions.") from None
 
 
-def _summary(adata, column: str, console) -> None:
+def _summary(adata, column: str, key: str, console) -> None:
     from rich.table import Table
 
     counts = adata.obs[column].astype(str).value_counts()
@@ -64,7 +87,7 @@ def _summary(adata, column: str, console) -> None:
     table.add_column("prediction")
     table.add_column("cells", justify="right")
     table.add_column("mean confidence", justify="right")
-    conf = adata.obs.get("cellduality_confidence")
+    conf = adata.obs.get(f"{key}_confidence")
     for label, n in counts.items():
         mean = "" if conf is None else f"{conf[adata.obs[column].astype(str) == label].mean():.2f}"
         table.add_row(str(label), str(n), mean)
@@ -86,9 +109,9 @@ def _path(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
-def _faithfulness_line(adata, task: str, console) -> None:
+def _faithfulness_line(adata, task: str, key: str, console) -> None:
     """One line on how true the written reasoning is (see docs/faithfulness.md)."""
-    run = adata.uns.get("cellduality", {}).get(task, {})
+    run = adata.uns.get(key, {}).get(task, {})
     if run.get("method") == "fast" and not run.get("explained"):
         console.print("Reasoning: not written (fast labels; pass --explain, or --explain-least-confident N).")
         return
@@ -99,86 +122,148 @@ def _faithfulness_line(adata, task: str, console) -> None:
                   f"{info.get('false_claims')}); training-data claims {info.get('training_claims', 'unchecked')}.")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("annotate")
+@dataclass(frozen=True)
+class _Column:
+    """``--input KEY=obs:COLUMN``: one value per cell, read from the input's ``.obs``."""
+
+    name: str
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, str | _Column]:
+    """``--input KEY=VALUE`` (repeatable) as a mapping; ``VALUE`` ``obs:COLUMN`` names a per-cell column."""
+    given: dict[str, str | _Column] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise CellDualityError(f"--input {pair!r}: write KEY=VALUE (e.g. drug=PLX4720), or KEY=obs:COLUMN "
+                                   "for one value per cell.")
+        if name in given:
+            raise CellDualityError(f"--input {name} is given twice; give each input once.")
+        column = value.removeprefix("obs:")
+        given[name] = _Column(column.strip()) if column != value else value
+    return given
+
+
+def _task_inputs(task, given: dict[str, Any], adata, source: Path) -> dict[str, Any]:
+    """The task's inputs from ``given`` (each one value, or an ``.obs`` column); every name and column checked."""
+    declared = task.inference_inputs()
+    takes = ", ".join(f"{name}=..." for name in declared) or "nothing besides the cells"
+    for name in given:
+        if name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise CellDualityError(f"Task '{task.name}' has no input '{name}'; {hint}it takes {takes}.")
+    missing = [name for name in declared if name not in given]
+    if missing:
+        raise CellDualityError(f"Task '{task.name}' needs --input {missing[0]}=VALUE (one value for every cell) or "
+                               f"--input {missing[0]}=obs:COLUMN (each cell's own).")
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        if isinstance(value, _Column):
+            if value.name not in adata.obs.columns:
+                columns = [str(c) for c in adata.obs.columns]
+                close = difflib.get_close_matches(value.name, columns, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"its columns: {', '.join(columns) or 'none'}."
+                raise CellDualityError(f"--input {name}=obs:{value.name}: {source} has no .obs column "
+                                       f"'{value.name}'; {hint}")
+            values[name] = adata.obs[value.name]
+        else:
+            values[name] = value
+    return values
+
+
+def _report(adata, task, key: str, out: Path, console) -> None:
+    """What was written, in a few lines: the label counts and the reasoning's truth, or the read-back rate."""
+    name = task.prediction_key or task.name
+    if task.kind == "classification":
+        _summary(adata, f"{key}_{name}", key, console)
+        _faithfulness_line(adata, task.name, key, console)
+        console.print(f"Wrote {out}: .obs['{key}_{name}', '{key}_reasoning', '{key}_confidence']")
+        return
+    consistent = float(adata.obs[f"{key}_consistent"].mean())
+    console.print(f"Wrote {out}: .obs['{key}_{name}_sentence'], .obsm['{key}_{name}'] "
+                  f"({consistent:.0%} read back as asked by the model's dual task).")
+
+
+def _predict(input: Path, model: Path, out: Path, task: str, given: dict[str, Any], run: dict[str, Any],
+             genes: dict[str, Any], key_added: str = "cellduality", **options: Any) -> None:
+    """The body of ``predict``, ``annotate`` and ``sensitivity``: every cheap check first (the output
+    file, the options, the model's task and its inputs, before any weight is loaded), then
+    :func:`cellduality.tl.predict` on the cells and ``--out`` written."""
+    from rich.console import Console
+
+    from cellduality.cli.progress import stage_progress
+    from cellduality.inference.generic import check_label_options, inputs_per_cell
+    from cellduality.inference.model import find_task, model_tasks
+    from cellduality.tl import predict
+
+    run = dict(run)
+    _check_out(input, out, model, run.pop("overwrite"))
+    _check_method(run["method"], run["explain"], run["explain_least_confident"])
+    found = find_task(model_tasks(model), task)
+    check_label_options(found, run["method"], run["explain"], run["explain_least_confident"])
+    adata = _read(input)
+    inputs = _task_inputs(found, given, adata, input)
+    inputs_per_cell(found, inputs, adata.n_obs)  # an unknown drug or cell type, before the model loads
+    console = Console()
+    with stage_progress() as progress:
+        predict(adata, str(model), task, key_added=key_added, copy=False, tasks_dir=_path(run.pop("tasks")),
+                progress=progress, warn=lambda line: console.print(f"[yellow]Warning:[/] {line}", highlight=False),
+                **inputs, **run, **options, **genes)
+    _write(adata, out)
+    _report(adata, found, key_added, out, console)
+
+
+def _task_command(app: typer.Typer, name: str, task: str, inputs: list, doc: str) -> None:
+    """Register ``cellduality NAME``: ``predict --task TASK`` whose task inputs are the options ``inputs``."""
+
+    @app.command(name, help=doc)
     @with_gene_options
-    def annotate_cmd(
-        input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
+    @with_run_options
+    @option_group(inputs, "given")
+    def command(
+        input: Path = INPUT,
         model: Path = MODEL,
         out: Path = OUT,
-        method: str = METHOD,
-        explain: bool = EXPLAIN,
-        explain_least_confident: int = EXPLAIN_LEAST,
-        n_samples: int = typer.Option(4, min=1, help=N_SAMPLES_HELP),
         temperature: float = typer.Option(0.8, min=0.0, help="Rerank method: sampling temperature of the answers."),
-        batch_size: int = typer.Option(64, min=1, help="Cells per generation batch (reasoning)."),
-        min_overlap: float = typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to the model."),
-        false_claims: str = FALSE_CLAIMS,
-        tasks: Path | None = TASKS,
-        seed: int = typer.Option(0),
-        overwrite: bool = OVERWRITE,
+        given: dict | None = None,
+        run: dict | None = None,
         genes: dict | None = None,
     ) -> None:
-        """Annotate cell types: labels and confidence, reasoning when asked (--explain, --method rerank)."""
-        from rich.console import Console
+        _predict(input, model, out, task, given, run, genes, temperature=temperature)
 
-        from cellduality.cli.progress import stage_progress
-        from cellduality.inference import annotate
 
-        _check_out(input, out, model, overwrite)
-        _check_method(method, explain, explain_least_confident)
-        console = Console()
-        with stage_progress() as progress:
-            result = annotate(_read(input), str(model), false_claims=false_claims, tasks_dir=_path(tasks),
-                              n_samples=n_samples, temperature=temperature, batch_size=batch_size,
-                              min_overlap=min_overlap, seed=seed, method=method, explain=explain,
-                              explain_least_confident=explain_least_confident, progress=progress,
-                              warn=lambda line: console.print(f"[yellow]Warning:[/] {line}", highlight=False), **genes)
-        _write(result, out)
-        _summary(result, "cellduality_cell_type", console)
-        _faithfulness_line(result, "annotation", console)
-        console.print(f"Wrote {out}: .obs['cellduality_cell_type', 'cellduality_reasoning', 'cellduality_confidence']")
-
-    @app.command("sensitivity")
+def register(app: typer.Typer) -> None:
+    @app.command("predict")
     @with_gene_options
-    def sensitivity_cmd(
-        input: Path = typer.Argument(..., help="Your cells (.h5ad)."),
-        drug: str = typer.Option(..., "--drug", help="Drug name, as the model was trained on it."),
+    @with_run_options
+    def predict_cmd(
+        input: Path = INPUT,
         model: Path = MODEL,
+        task: str = typer.Option(..., "--task", help="A task the model learned (a plug-in task too: "
+                                 "CELLDUALITY_TASKS=module); an unknown one lists the model's tasks."),
         out: Path = OUT,
-        method: str = METHOD,
-        explain: bool = EXPLAIN,
-        explain_least_confident: int = EXPLAIN_LEAST,
-        n_samples: int = typer.Option(4, min=1, help=N_SAMPLES_HELP),
-        temperature: float = typer.Option(0.8, min=0.0),
-        batch_size: int = typer.Option(64, min=1),
-        min_overlap: float = typer.Option(0.5, min=0.0, max=1.0),
-        false_claims: str = FALSE_CLAIMS,
-        tasks: Path | None = TASKS,
-        seed: int = typer.Option(0),
-        overwrite: bool = OVERWRITE,
+        inputs: list[str] = typer.Option(None, "--input", metavar="KEY=VALUE", help="What the task needs besides "
+                                         "the cells, repeatable: one value for every cell (drug=PLX4720) or "
+                                         "obs:COLUMN for each cell's own (cell_type=obs:bulk_labels)."),
+        temperature: float | None = typer.Option(None, min=0.0, help="Sampling temperature (rerank method: default "
+                                                 "0.8; generated cells: greedy when unset)."),
+        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer in tokens "
+                                                  "(default 160 for labels, 256 for generated cells)."),
+        key_added: str = typer.Option("cellduality", "--key-added", help="Results go to .obs['KEY_...'] and "
+                                      ".uns['KEY']."),
+        run: dict | None = None,
         genes: dict | None = None,
     ) -> None:
-        """Predict sensitive/resistant to a drug: labels and confidence, reasoning when asked."""
-        from rich.console import Console
+        """Any task the model learned, a plug-in task included: a label per cell, or a generated cell read back by the dual."""
+        _predict(input, model, out, task, _parse_inputs(inputs or []), run, genes, key_added=key_added,
+                 temperature=temperature, max_new_tokens=max_new_tokens)
 
-        from cellduality.cli.progress import stage_progress
-        from cellduality.inference import predict_sensitivity
-
-        _check_out(input, out, model, overwrite)
-        _check_method(method, explain, explain_least_confident)
-        console = Console()
-        with stage_progress() as progress:
-            result = predict_sensitivity(_read(input), str(model), drug, false_claims=false_claims,
-                                         tasks_dir=_path(tasks), n_samples=n_samples, temperature=temperature,
-                                         batch_size=batch_size, min_overlap=min_overlap, seed=seed, method=method,
-                                         explain=explain, explain_least_confident=explain_least_confident,
-                                         progress=progress, warn=lambda line: console.print(
-                                             f"[yellow]Warning:[/] {line}", highlight=False), **genes)
-        _write(result, out)
-        _summary(result, "cellduality_sensitivity", console)
-        _faithfulness_line(result, "sensitivity", console)
-        console.print(f"Wrote {out}: .obs['cellduality_sensitivity', 'cellduality_reasoning', 'cellduality_confidence']")
+    _task_command(app, "annotate", "annotation", [], "Annotate cell types: labels and confidence, reasoning when "
+                  "asked (--explain, --method rerank).")
+    _task_command(app, "sensitivity", "sensitivity", [option("drug", DRUG, str)], "Predict sensitive/resistant to "
+                  "a drug: labels and confidence, reasoning when asked.")
 
     @app.command("generate")
     def generate_cmd(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
+
+from cellduality.cli.options import option, option_group
 
 datasets_app = typer.Typer(help="The paper's benchmark datasets and the sets that work offline.",
                            no_args_is_help=True)
@@ -33,33 +32,18 @@ def gene_options(gene_map: Path | None, gene_id_column: str | None, orthologs: P
 
 
 _GENE_PARAMETERS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    option(name, default, annotation)
     for name, default, annotation in (
         ("gene_map", GENE_MAP, Optional[Path]), ("gene_id_column", GENE_ID_COLUMN, Optional[str]),  # noqa: UP045
         ("orthologs", ORTHOLOGS, Optional[Path]), ("layer", LAYER, Optional[str]),  # noqa: UP045
         ("use_raw", USE_RAW, Optional[bool]), ("expression", EXPRESSION, str))  # noqa: UP045
 ]
 
+with_gene_options = option_group(_GENE_PARAMETERS, "genes", gene_options)
+"""Give a command the gene-id options above; it receives them as ``genes=`` (see :func:`gene_options`).
 
-def with_gene_options(command: Callable) -> Callable:
-    """Give a command the gene-id options above; it receives them as ``genes=`` (see :func:`gene_options`).
-
-    Used by the inference commands, so a user with Ensembl ids or mouse cells annotates with the
-    same flags as ``sentences`` (typer reads the rewritten signature).
-    """
-    signature = inspect.signature(command)
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {p.name: kwargs.pop(p.name) for p in _GENE_PARAMETERS}
-        return command(*args, genes=gene_options(**values), **kwargs)
-
-    kept = [p for p in signature.parameters.values() if p.name != "genes"]
-    wrapper.__signature__ = signature.replace(parameters=kept + _GENE_PARAMETERS)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "genes"} | {
-        p.name: p.annotation for p in _GENE_PARAMETERS}
-    del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one
-    return wrapper
+Used by the inference commands, so a user with Ensembl ids or mouse cells annotates with the
+same flags as ``sentences``."""
 
 
 def sentences(

@@ -78,6 +78,13 @@ def inputs_per_cell(task: Task, values: Mapping[str, Any], n: int) -> tuple[list
     return rows, record
 
 
+def check_label_options(task: Task, method: str, explain: bool, explain_least_confident: int) -> None:
+    """The labelling options (a method other than ``"fast"``, the explain ones) only for a classification task."""
+    if task.kind != "classification" and (method != "fast" or explain or explain_least_confident):
+        raise CellDualityError(f"method, explain and explain_least_confident apply to classification tasks; "
+                               f"'{task.name}' is {task.kind} (its reasoning is always written).")
+
+
 def predict(
     adata: AnnData,
     model: CellDualityModel | str,
@@ -119,9 +126,7 @@ def predict(
         raise CellDualityError("--explain-least-confident must be 0 or more.")
     mdl = _as_model(model, device)
     found = mdl.task(task)
-    if found.kind != "classification" and (method != "fast" or explain or explain_least_confident):
-        raise CellDualityError(f"method, explain and explain_least_confident apply to classification tasks; "
-                               f"'{found.name}' is {found.kind} (its reasoning is always written).")
+    check_label_options(found, method, explain, explain_least_confident)
     declared = found.inference_inputs()
     values = {name: inputs.pop(name) for name in declared if name in inputs}
     unknown = sorted(set(inputs) - set(sentence_option_names()))
@@ -150,4 +155,4 @@ def predict(
                     max_new_tokens=max_new_tokens or 256, **common)
 
 
-__all__ = ["PER_CELL", "inputs_per_cell", "predict", "sentence_option_names"]
+__all__ = ["PER_CELL", "check_label_options", "inputs_per_cell", "predict", "sentence_option_names"]

@@ -39,26 +39,18 @@ class CellDualityModel:
         """
         from cellduality.models import load_model, read_model_info
         from cellduality.models.loading import inference_device
-        from cellduality.tasks import load_tasks
 
         folder = Path(path)
         if not folder.is_dir():
             raise ModelError(f"Model folder {folder} does not exist; pass a folder written by `cellduality sft` or `grpo`.")
         info = read_model_info(folder)  # one-line ModelError when it is not a CellDuality model
-        tasks = load_tasks(folder / "cellduality.json")
-        if not tasks:
-            raise ModelError(f"{folder} records no tasks in cellduality.json; re-train it with `cellduality sft`.")
+        tasks = model_tasks(folder)
         model, tokenizer = load_model(str(folder), device=device or inference_device())
         return cls(path=folder, model=model, tokenizer=tokenizer, info=info, tasks=tasks)
 
     def task(self, name: str) -> Task:
         """The model's task ``name``, or a one-line error listing the tasks it knows."""
-        try:
-            return self.tasks[name]
-        except KeyError:
-            raise CellDualityError(
-                f"This model was not trained on the '{name}' task; it knows: {', '.join(sorted(self.tasks))}."
-            ) from None
+        return find_task(self.tasks, name)
 
     def generator(
         self,
@@ -98,3 +90,27 @@ class CellDualityModel:
                 raise ModelError(f"{self.path} has no inverse.json; it cannot turn sentences into expression.")
             self._inverse = InverseModel.load(path)
         return self._inverse
+
+
+def model_tasks(folder: str | Path) -> dict[str, Task]:
+    """The tasks a model folder records in ``cellduality.json``, without loading its weights
+    (so a command can check a task name and its inputs before the slow part)."""
+    from cellduality.models import read_model_info
+    from cellduality.tasks import load_tasks
+
+    folder = Path(folder)
+    read_model_info(folder)
+    tasks = load_tasks(folder / "cellduality.json")
+    if not tasks:
+        raise ModelError(f"{folder} records no tasks in cellduality.json; re-train it with `cellduality sft`.")
+    return tasks
+
+
+def find_task(tasks: dict[str, Task], name: str) -> Task:
+    """``tasks[name]``, or a one-line error listing the tasks the model knows."""
+    try:
+        return tasks[name]
+    except KeyError:
+        raise CellDualityError(
+            f"This model was not trained on the '{name}' task; it knows: {', '.join(sorted(tasks))}."
+        ) from None
