@@ -137,3 +137,43 @@ def test_comparison_report_mean_std_and_gap_closed(tmp_path):
     text = (tmp_path / "comparison.md").read_text()
     assert "81.00 ± 1.41" in text and "Gap closed" in text and "baseline: logreg" in text and "AUC" in text
     assert json.loads((tmp_path / "comparison.json").read_text())["summary"]
+
+
+def test_reward_auc_contrast_is_the_paired_auc_of_diagnose(tasks_dir, tmp_path):
+    """evaluate's right-vs-wrong figure is diagnose's paired one (GRPO only compares answers to the same
+    prompt): a reward whose level varies with the example but ranks the right answer first scores 1.0
+    (pooling rewards across examples would mix the levels of different inputs)."""
+    import hashlib
+
+    from datasets import load_from_disk
+
+    from cellduality.evaluation.evaluate import evaluate_generate
+    from cellduality.evaluation.reward_diagnostics import right_vs_wrong
+    from cellduality.tasks import load_tasks, loads
+
+    task = load_tasks(tasks_dir)["annotation"]
+
+    def unit(*parts):  # a stable pseudo-random number in [0, 1)
+        return int(hashlib.md5("|".join(parts).encode()).hexdigest()[:8], 16) / 16**8
+
+    rows = [r for r in load_from_disk(str(tasks_dir / "primal"))["test"] if r["task"] == "annotation"]
+    canonical = lambda known: json.dumps(loads(known), sort_keys=True)  # noqa: E731
+    truth = {canonical(r["known"]): loads(r["target"]) for r in rows}
+
+    def make(noise):
+        def reward(prompts, completions, **columns):
+            keys = [canonical(k) for k in columns["known"]]
+            return [unit(k) + 0.01 * (task.parse_primal(c) == truth[k]) + noise * unit(k, c)
+                    for c, k in zip(completions, keys, strict=True)]
+        return reward
+
+    for noise, expected in ((0.0, 1.0), (0.02, None)):
+        reward = make(noise)
+        results = evaluate_generate(_scripted(tasks_dir), tasks_dir, tmp_path / f"noise{noise}", seed=3,
+                                    tasks=["annotation"], baselines=False, duality_reward=lambda _m, r=reward: r)
+        paired = right_vs_wrong(task, rows, reward, seed=3)["right_vs_wrong_auc"]
+        assert results["annotation"]["reward_auc_contrast"] == pytest.approx(paired)
+        if expected is not None:
+            assert paired == expected
+        else:
+            assert 0.55 < paired < 0.95  # noise on the scale of the right-answer bonus: imperfect, still paired

@@ -93,3 +93,38 @@ def test_atomic_dir_replaces_on_success_and_keeps_old_output_on_failure(tmp_path
     with pytest.raises(CellDualityError, match="did not write"), atomic_dir(out, "evaluate") as tmp:
         (tmp / "c.txt").write_text("third")
     assert (out / "user.txt").read_text() == "mine" and (out / "b.txt").is_file()
+
+
+def test_quickstart_evaluates_with_the_duality_reward_mode_it_trained_with(tmp_path, monkeypatch):
+    """reward validity is about the reward that trained the model: `grpo.dual_reward: paper` reaches the
+    evaluation (an explicit `evaluate.dual_reward` wins; unset, GRPO's default mode)."""
+    import json
+
+    import cellduality.pipeline.quickstart as quickstart
+    import cellduality.pipeline.training as training
+    from cellduality.pipeline.training import evaluate_options
+    from cellduality.training.grpo import GRPOSettings
+
+    seen: list[dict] = []
+
+    def evaluate_stage(models, task_dirs, out, options, seed):
+        seen.append(dict(options))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.json").write_text("{}")
+
+    def nothing(*args, **kwargs):  # the stages before evaluation, out of this test's scope
+        return {}
+
+    for name in ("teach_stage", "sft_stage", "grpo_stage"):
+        monkeypatch.setattr(training, name, nothing)
+    monkeypatch.setattr(training, "evaluate_stage", evaluate_stage)
+    monkeypatch.setattr(quickstart, "_sentences_stage", nothing)
+    monkeypatch.setattr(quickstart, "_tasks_stage", nothing)
+    settings = quickstart.load_quickstart_settings()
+    settings = settings.model_copy(update={"grpo": {**settings.grpo, "dual_reward": "paper"}})
+    summary = quickstart.run_quickstart(tmp_path / "qs", settings)
+    assert seen[0]["dual_reward"] == "paper" and seen[0]["max_examples"] == settings.evaluate["max_examples"]
+    assert summary["evaluation"] == {} and json.loads((tmp_path / "qs" / "summary.json").read_text())
+
+    assert evaluate_options({}, {})["dual_reward"] == GRPOSettings.model_fields["dual_reward"].default
+    assert evaluate_options({"dual_reward": "paper"}, {"dual_reward": "likelihood"})["dual_reward"] == "likelihood"

@@ -12,9 +12,12 @@ as its own dual -- separates right from wrong primal answers:
 
 * ``reward_auc``: ROC AUC of the reward between the model's correct and incorrect answers
   (classification; ``nan`` when all answers are right or all wrong);
-* ``reward_auc_contrast``: AUC between the reference answer and a wrong one for every example
-  (a seeded random other label; for generative tasks the real cell of another example with a
-  different condition), defined even for a perfect model;
+* ``reward_auc_contrast``: the paired right-vs-wrong AUC of ``cellduality diagnose``
+  (:func:`~cellduality.evaluation.reward_diagnostics.right_vs_wrong`): per example, does the
+  reward rank the reference answer above a seeded wrong one *for the same input* (another
+  candidate label; for generative tasks the reference output of an example with another
+  condition)? Ties count one half; 0.5 is chance. Paired, because GRPO only compares answers to
+  the same prompt; defined even for a perfect model;
 * ``reward_spearman`` (generative tasks): rank correlation of the reward with the ground-truth
   RWJS of the model's own cells.
 """
@@ -228,8 +231,9 @@ def _reward_validity(task: Any, rows: TaskRows, outputs: list[str], parsed: list
                      table: dict[str, list], seed: int, reward: Any = None) -> dict[str, float]:
     """How well the duality reward (``reward``; default: the paper's, through ``generate``) tracks
     correctness of the model's answers and separates the right answer from a wrong one."""
+    from cellduality.evaluation.reward_diagnostics import right_vs_wrong
     from cellduality.rewards import DualityReward
-    from cellduality.tasks.base import dumps, format_response
+    from cellduality.tasks.base import dumps
 
     reward = reward if reward is not None else DualityReward({task.name: task}, generate)
     columns = {"task": [task.name] * len(rows), "known": [dumps(k) for k in rows.known],
@@ -241,33 +245,11 @@ def _reward_validity(task: Any, rows: TaskRows, outputs: list[str], parsed: list
         out["reward_auc"] = M.reward_validity_auc(own, [c >= 1.0 for c in table["correct"]])
     else:
         out["reward_spearman"] = _spearman(own, table["rwjs"])
-    wrong = _wrong_answers(task, rows, seed)
-    keep = [i for i, w in enumerate(wrong) if w is not None]
-    if keep:
-        pick = lambda values: [values[i] for i in keep]  # noqa: E731
-        right = [format_response("", task.render_answer(rows.targets[i])) for i in keep]
-        bad = [format_response("", task.render_answer(wrong[i])) for i in keep]
-        both = {k: pick(v) * 2 for k, v in columns.items()}
-        scores = reward(pick(rows.prompts) * 2, right + bad, **both)
-        out["reward_auc_contrast"] = M.reward_validity_auc(scores, [True] * len(keep) + [False] * len(keep))
-    return out
-
-
-def _wrong_answers(task: Any, rows: TaskRows, seed: int) -> list[Any]:
-    """A seeded wrong answer per example (``None`` when there is none to pick)."""
-    rng = np.random.default_rng(seed)
-    if task.kind == "classification":
-        labels = list(task.context.labels)
-        out = []
-        for target in rows.targets:
-            others = [label for label in labels if label != str(target)]
-            out.append(others[rng.integers(len(others))] if others else None)
-        return out
-    conditions = rows.conditions(task)
-    out = []
-    for condition in conditions:
-        others = [j for j, c in enumerate(conditions) if c != condition]
-        out.append(rows.targets[others[rng.integers(len(others))]] if others else None)
+    # right vs wrong, paired per example: the one definition of `cellduality diagnose` (what GRPO sees)
+    paired = right_vs_wrong(task, [{**{k: v[i] for k, v in columns.items()}, "target": dumps(rows.targets[i])}
+                                   for i in range(len(rows))], reward, seed)
+    if paired["n"]:
+        out["reward_auc_contrast"] = paired["right_vs_wrong_auc"]
     return out
 
 

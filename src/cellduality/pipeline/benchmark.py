@@ -90,7 +90,7 @@ def run_benchmark(
 
     from cellduality.evaluation.reports import write_comparison_report
     from cellduality.paths import shared_data_dir
-    from cellduality.pipeline.training import evaluate_stage
+    from cellduality.pipeline.training import evaluate_options, evaluate_stage
 
     console = console or Console()
     out = Path(out)
@@ -146,7 +146,8 @@ def run_benchmark(
                     continue
                 if not (ood_dir / "comparison.json").is_file():
                     evaluate_stage(models, {name: tasks_dir}, ood_dir,
-                                   {**settings.evaluate, "tasks": sorted(known & set(OFFLINE_TASKS[name].tasks))},
+                                   {**evaluate_options(settings.grpo, settings.evaluate),
+                                    "tasks": sorted(known & set(OFFLINE_TASKS[name].tasks))},
                                    seed)
                 for method in methods:
                     runs.setdefault(f"{name} (generalist, OOD)", {}).setdefault(method, []).append(

@@ -121,6 +121,7 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """Run (or resume) the whole pipeline under ``out``; return the summary written to ``summary.json``."""
     from cellduality.pipeline.training import (
+        evaluate_options,
         evaluate_stage,
         grpo_stage,
         merge_task_dirs,
@@ -167,8 +168,8 @@ def run_quickstart(
     results.append(run_stage(
         "evaluation", evaluation,
         lambda: evaluate_stage({"SFT-only": models / "sft", "duality RL": models / "duality",
-                                "oracle RL": models / "oracle"}, task_dirs, evaluation, settings.evaluate,
-                               settings.seed),
+                                "oracle RL": models / "oracle"}, task_dirs, evaluation,
+                               evaluate_options(settings.grpo, settings.evaluate), settings.seed),
         console,
     ))
     summary = {

@@ -72,7 +72,7 @@ def print_summary(summary: dict[str, Any], out: Path, console: Console) -> None:
     console.print(stages)
     console.print(
         "[dim]reward_auc: how well the duality reward separates the model's right from wrong answers; "
-        "reward_auc_contrast: true answer vs a wrong one (0.5 = chance). "
+        "reward_auc_contrast: true answer vs a wrong one for the same input, paired (0.5 = chance). "
         "gap closed: (duality − SFT) / (oracle − SFT).[/]"
     )
     missing = summary.get("missing_tasks") or []

@@ -80,6 +80,15 @@ def grpo_stage(tasks_dir: Path, out: Path, sft_model: Path, mode: str, options: 
     return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
 
 
+def evaluate_options(grpo: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline's evaluation options: its ``evaluate`` section, with reward validity scored by the
+    duality reward mode (``dual_reward``) its ``grpo`` section trains with -- the figure is about the
+    reward that trained the model. An explicit ``evaluate.dual_reward`` wins."""
+    from cellduality.training.grpo import GRPOSettings
+
+    return {"dual_reward": grpo.get("dual_reward", GRPOSettings.model_fields["dual_reward"].default), **evaluate}
+
+
 def method_folder(method: str) -> str:
     """The folder a method's evaluation is written to (``"duality RL"`` -> ``duality_rl``)."""
     return method.replace(" ", "_").replace("-", "_").lower()
