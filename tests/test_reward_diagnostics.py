@@ -53,6 +53,6 @@ def test_own_answers_auc_zero_spread_and_malformed(tasks_dir):  # noqa: F811
 
     good = own_answers(task, rows, perfect, generate, num_generations=4)
     assert good["own_answer_auc"] == 1.0 and good["zero_spread_share"] == 0.0
-    assert good["malformed_share"] == 0.25 and good["sampled_oracle_score"] == 0.25
+    assert good["malformed_share"] == 0.25 and good["sampled_ground_truth_score"] == 0.25
     flat = own_answers(task, rows, constant, generate, num_generations=4)
     assert flat["zero_spread_share"] == 1.0 and flat["own_answer_auc"] == 0.5

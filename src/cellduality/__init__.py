@@ -5,7 +5,7 @@ The package follows the data flow of the method (paper §3):
 ``sentences``  AnnData -> cell sentences (and back, through an inverse model)
 ``datasets``   registry of the paper's benchmarks, offline loaders, splits, control pairing
 ``tasks``      the four primal/dual task pairs (Definition 3.1 as one protocol) and data builders
-``rewards``    RWJS, the duality reward (uses the live policy) and the ground-truth oracle reward
+``rewards``    RWJS, the duality reward (uses the live policy) and the ground-truth reward (the oracle baseline's)
 ``teacher``    chain-of-thought teachers (offline knowledge-grounded, OpenAI-compatible) and filtering
 ``models``     gene-aware tokenizer, small Llama presets, loading HF models / LoRA adapters
 ``training``   thin, configured wrappers around TRL's SFTTrainer and GRPOTrainer

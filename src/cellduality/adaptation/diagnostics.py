@@ -74,7 +74,7 @@ def label_free_diagnostics(model: Any, tasks: Mapping[str, Task], examples: Mapp
                 mean_reward_own=consistency.get("mean_reward_right"),
                 mean_reward_other=consistency.get("mean_reward_wrong"),
                 zero_spread_share=sampled["zero_spread_share"],
-                agreement_with_greedy=sampled["sampled_oracle_score"],
+                agreement_with_greedy=sampled["sampled_ground_truth_score"],
                 sampled_malformed_share=sampled["malformed_share"],
                 predicted=_counts(task, answers),
             )

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                                   likelihood_calibration=likelihood_calibration, only=task or None)
         table = Table(title=f"duality reward '{reward}' on {split} (G={num_generations}, T={temperature})")
         for column in ("task", "right-vs-wrong AUC", "own-answer AUC / ρ", "zero-spread groups",
-                       "sampled oracle score", "malformed"):
+                       "sampled ground-truth score", "malformed"):
             table.add_column(column, justify="right" if column != "task" else "left")
 
         def fmt(value: float | None, pct: bool = False) -> str:
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         for name, r in report["tasks"].items():
             own = r.get("own_answer_auc", r.get("own_answer_spearman"))
             table.add_row(name, fmt(r["right_vs_wrong_auc"]), fmt(own), fmt(r["zero_spread_share"], True),
-                          fmt(r["sampled_oracle_score"]), fmt(r["malformed_share"], True))
+                          fmt(r["sampled_ground_truth_score"]), fmt(r["malformed_share"], True))
         console = Console()
         console.print(table)
         for name, r in report["tasks"].items():

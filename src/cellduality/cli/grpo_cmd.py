@@ -1,4 +1,4 @@
-"""``cellduality grpo``: Stage 2, GRPO with the duality reward (or the ground-truth oracle)."""
+"""``cellduality grpo``: Stage 2, GRPO with the duality reward (or, for the oracle baseline, the ground-truth reward)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("grpo")
     def grpo(
-        rl_dir: Path = typer.Argument(..., help="Tasks folder from `cellduality tasks build` (rl/ or rl_oracle/ "
+        tasks_dir: Path = typer.Argument(..., help="Tasks folder from `cellduality tasks build` (rl/ or rl_oracle/ "
                                                 "inside it is picked by --reward)."),
         out_dir: Path = typer.Argument(..., help="Output folder: final model, metrics.json, curves, checkpoints."),
         sft_model: Path | None = typer.Option(None, "--sft-model", help="The Stage-1 model folder (`cellduality sft`)."),
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         settings = load_config(GRPOSettings, config, **{**parse_assignments(set_), "reward": reward,
                                                         "max_steps": max_steps})
         if dry_run:
-            summary = do_dry_run(rl_dir, out_dir, sft_model, settings, n_processes=num_processes)
+            summary = do_dry_run(tasks_dir, out_dir, sft_model, settings, n_processes=num_processes)
             console.print_json(json.dumps(summary, default=str))
             return
         if sft_model is None:
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         main = is_main_process()  # under torchrun/accelerate only rank 0 reports
         if main:
             console.print(f"[bold]GRPO[/] ({settings.reward} reward) from {sft_model} -> {out_dir}")
-        metrics = run_grpo(rl_dir, out_dir, sft_model, settings, resume=resume)
+        metrics = run_grpo(tasks_dir, out_dir, sft_model, settings, resume=resume)
         if not main:
             return
         history = metrics["history"]

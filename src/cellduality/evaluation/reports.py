@@ -2,7 +2,7 @@
 
 * :func:`write_task_report` -- one evaluated model next to the classical baselines (``report.md``);
 * :func:`write_comparison_report` -- several methods over several seeds (SFT-only, duality RL,
-  ground-truth oracle, baselines) with the *gap closed* by duality RL and the reward-validity
+  oracle RL, baselines) with the *gap closed* by duality RL and the reward-validity
   diagnostic (``comparison.md`` + ``comparison.json``). ``cellduality benchmark`` calls it.
 
 Rates (accuracy, F1, k-NN accuracy) are printed in %, distances as they are; arrows say which
@@ -128,7 +128,7 @@ def write_comparison_report(
     sft: str = "sft",
     duality: str = "duality",
     oracle: str = "oracle",
-    title: str = "Self-supervised (duality) RL vs ground-truth RL (paper Table 6)",
+    title: str = "Self-supervised (duality) RL vs oracle RL (paper Table 6)",
 ) -> dict[str, Any]:
     """Write ``comparison.md`` and ``comparison.json`` for ``{method: [metrics.json of each seed]}``.
 
@@ -159,7 +159,7 @@ def write_comparison_report(
     lines = _comparison_lines(runs, title)
     if gaps:
         lines += ["## Gap closed by duality RL", "",
-                  "(duality − SFT) / (oracle − SFT) of the seed means: 100% = as good as the ground-truth oracle, "
+                  "(duality − SFT) / (oracle − SFT) of the seed means: 100% = as good as the oracle, "
                   "0% = no better than SFT; undefined when the oracle did not beat SFT.", "", "| Task | Metric | Gap closed |", "|---|---|---|"]
         for task, by_metric in gaps.items():
             for metric, value in by_metric.items():

@@ -8,7 +8,7 @@ input*. Three figures say whether it can:
   wrong candidate for the same input (another label; for generative tasks, a real cell of another
   type or perturbation). 0.5 means the reward cannot tell them apart, whatever else it does.
 * **own-answer AUC**: the reward of the policy's own sampled answers against their correctness
-  (classification tasks; for generative tasks the Spearman correlation with the oracle score).
+  (classification tasks; for generative tasks the Spearman correlation with the ground-truth score).
 * **zero-spread share**: the share of groups of G sampled answers whose rewards are all equal --
   those groups give GRPO no gradient at all.
 
@@ -110,7 +110,7 @@ def own_answers(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, gene
         "num_generations": num_generations,
         "zero_spread_share": sum(max(g) - min(g) < 1e-9 for g in groups) / len(groups),
         "mean_reward": sum(rewards) / len(rewards),
-        "sampled_oracle_score": sum(truth) / len(truth),
+        "sampled_ground_truth_score": sum(truth) / len(truth),
         "malformed_share": sum(a is None for a in answers) / len(answers),
     }
     if task.kind == "classification":

@@ -158,7 +158,7 @@ def run_benchmark(
         tables[name] = write_comparison_report(
             by_method, out / "tables" / name.replace(" ", "_").replace("(", "").replace(")", ""),
             baselines=baselines.get(name), sft="SFT-only", duality="duality RL", oracle="oracle RL",
-            title=f"{name}: self-supervised (duality) RL vs ground-truth RL, {seeds} seed(s), budget {budget}",
+            title=f"{name}: self-supervised (duality) RL vs oracle RL, {seeds} seed(s), budget {budget}",
         )
     lines = [f"# CellDuality benchmark (budget {budget}, {seeds} seed(s))", ""]
     for name in tables:
