@@ -78,3 +78,16 @@ def test_generate_fn_wires_copy_aware_decoding(setup, tiny_model):
     generate = make_generate_fn(model.model, model.tokenizer, max_new_tokens=4, **copy_aware_decoding({"annotation": task}))
     assert generate.copy_ranks is not None and len(generate([prompt, "no cell here"])) == 2
     assert make_generate_fn(model.model, model.tokenizer, max_new_tokens=4).copy_ranks is None
+
+
+def test_inference_decodes_copy_aware_by_default_and_can_show_the_model_s_own_text(tiny_model, pbmc_small):
+    import cellduality as cd
+
+    mdl, _ = tiny_model
+    assert mdl.copy_aware and mdl.generator(max_new_tokens=2).copy_ranks is not None
+    assert mdl.generator(max_new_tokens=2, copy_aware=False).copy_ranks is None
+    try:
+        cd.tl.annotate(pbmc_small[:8].copy(), mdl, copy=True, direct=True, copy_aware=False)
+        assert mdl.copy_aware is False and mdl.generator(max_new_tokens=2).copy_ranks is None
+    finally:
+        mdl.copy_aware = True

@@ -51,9 +51,10 @@ def label_free_diagnostics(model: Any, tasks: Mapping[str, Task], examples: Mapp
                                  dual_max_new_tokens=settings.dual_max_new_tokens,
                                  temperature=settings.likelihood_temperature,
                                  calibrate=settings.likelihood_calibration)
-    greedy = model.generator(max_new_tokens=settings.max_completion_length, batch_size=32, seed=seed)
+    greedy = model.generator(max_new_tokens=settings.max_completion_length, batch_size=32, seed=seed,
+                             copy_aware=False)  # the model's own answers
     sample = model.generator(max_new_tokens=settings.max_completion_length, do_sample=True,
-                             temperature=settings.temperature, batch_size=64, seed=seed)
+                             temperature=settings.temperature, batch_size=64, seed=seed, copy_aware=False)
     report: dict[str, Any] = {"reward": settings.dual_reward, "num_generations": settings.num_generations,
                               "temperature": settings.temperature, "tasks": {}}
     for name, task_examples in examples.items():

@@ -45,6 +45,9 @@ with_run_options = option_group([
     option("min_overlap", typer.Option(0.5, min=0.0, max=1.0, help="Stop if fewer of your genes are known to "
                                        "the model."), float),
     option("false_claims", FALSE_CLAIMS, str),
+    option("copy_aware", typer.Option(True, "--copy-aware/--no-copy-aware", help="Copy the ranks the reasoning "
+                                      "states from the input cell (and, for annotation, cite only its genes); "
+                                      "--no-copy-aware shows the model's own text."), bool),
     option("tasks", TASKS, Optional[Path]),  # noqa: UP045
     option("seed", typer.Option(0), int),
     option("overwrite", OVERWRITE, bool),

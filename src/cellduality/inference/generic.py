@@ -100,6 +100,7 @@ def predict(
     false_claims: str = "mark",
     tasks_dir: str | None = None,
     temperature: float | None = None,
+    copy_aware: bool = True,
     method: str = "fast",
     n_samples: int = 4,
     explain: bool = False,
@@ -118,6 +119,8 @@ def predict(
     ``"rerank"``: ``n_samples`` reasoned answers kept by the duality, sampled at ``temperature``,
     default 0.8). Generative tasks write a generated cell per cell, read back by the dual
     (``temperature=None``: greedy). ``max_new_tokens`` defaults to 160 (labels) or 256 (cells).
+    ``copy_aware`` (default on): reasoning is decoded copy-aware, so a rank it states for a gene of
+    the input cell is that gene's rank (:attr:`CellDualityModel.copy_aware`).
     Returns the AnnData written into: ``adata`` itself with ``copy=False``, else a copy.
     """
     if method not in METHODS:
@@ -125,6 +128,7 @@ def predict(
     if explain_least_confident < 0:
         raise CellDualityError("--explain-least-confident must be 0 or more.")
     mdl = _as_model(model, device)
+    mdl.copy_aware = copy_aware
     found = mdl.task(task)
     check_label_options(found, method, explain, explain_least_confident)
     declared = found.inference_inputs()

@@ -29,6 +29,10 @@ class CellDualityModel:
     tokenizer: Any
     info: dict[str, Any]
     tasks: dict[str, Task]
+    copy_aware: bool = True
+    """Decode reasoning copy-aware (:mod:`cellduality.models.copy_ranks`): ranks stated for genes of
+    the input cell are copied from it, so an explanation never misstates one. Off only to measure
+    the model's own text."""
     _inverse: Any = field(default=None, repr=False)
 
     @classmethod
@@ -61,12 +65,17 @@ class CellDualityModel:
         batch_size: int = 32,
         seed: int | None = None,
         require_reasoning: bool = False,
+        copy_aware: bool | None = None,
     ) -> GenerateFn:
         """A batched ``list[prompt] -> list[completion]`` callable over this model (``require_reasoning``:
-        the ``<think>`` block may not be left empty, see :class:`~cellduality.models.generation.RequireReasoning`)."""
+        the ``<think>`` block may not be left empty, see :class:`~cellduality.models.generation.RequireReasoning`;
+        ``copy_aware``: default :attr:`copy_aware`)."""
+        from cellduality.faithfulness import copy_aware_decoding
         from cellduality.models import make_generate_fn
         from cellduality.tasks.base import gene_vocabulary
 
+        copy = self.copy_aware if copy_aware is None else copy_aware
+        decoding = copy_aware_decoding(self.tasks) if copy else {"genes": gene_vocabulary(self.tasks)}
         return make_generate_fn(
             self.model,
             self.tokenizer,
@@ -75,8 +84,8 @@ class CellDualityModel:
             temperature=temperature,
             batch_size=batch_size,
             seed=seed,
-            genes=gene_vocabulary(self.tasks),
             require_reasoning=require_reasoning,
+            **decoding,
         )
 
     @property
