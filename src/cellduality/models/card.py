@@ -76,7 +76,8 @@ def _stage_text(stage: str, info: Mapping[str, Any]) -> str:
     if stage.startswith("grpo"):
         reward = info.get("reward") or stage.removeprefix("grpo-")
         kind = ("the self-supervised duality reward" if reward == "duality"
-                else "the ground-truth (oracle) reward" if reward in ("ground-truth", "oracle") else f"reward {reward}")
+                else "the ground-truth reward (the oracle baseline)" if reward in ("ground-truth", "oracle")
+                else f"reward {reward}")
         return f"`{stage}`: GRPO with {kind} (paper §3.4)"
     return f"`{stage}`"
 

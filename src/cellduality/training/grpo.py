@@ -157,13 +157,13 @@ class GRPOSettings(TRLSettings):
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_rl_dir(rl_dir: str | Path, mode: RewardMode) -> tuple[Path, Path]:
+def resolve_rl_data(tasks_dir: str | Path, mode: RewardMode) -> tuple[Path, Path]:
     """``(tasks_dir, dataset_dir)`` for ``mode``.
 
-    ``rl_dir`` is a tasks folder (with ``tasks.json``; the mode picks ``rl`` or ``rl_oracle``
+    ``tasks_dir`` is a tasks folder (with ``tasks.json``; the mode picks ``rl`` or ``rl_oracle``
     inside it) or one of those dataset folders directly (its parent holds ``tasks.json``).
     """
-    path = Path(rl_dir)
+    path = Path(tasks_dir)
     if (path / "tasks.json").is_file():
         return path, path / FOLDERS[mode]
     if (path / "dataset_dict.json").is_file() and (path.parent / "tasks.json").is_file():
@@ -328,11 +328,11 @@ def _device_target(settings: GRPOSettings) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(rl_dir: str | Path, settings: GRPOSettings) -> tuple[Path, dict[str, Any], Any]:
+def _prepare(tasks_dir: str | Path, settings: GRPOSettings) -> tuple[Path, dict[str, Any], Any]:
     """Tasks folder, tasks, and the (re-weighted, prompt-formatted later) training prompts."""
     from cellduality.tasks import load_tasks
 
-    tasks_dir, dataset_dir = resolve_rl_dir(rl_dir, settings.reward)
+    tasks_dir, dataset_dir = resolve_rl_data(tasks_dir, settings.reward)
     tasks = load_tasks(tasks_dir)
     dataset = load_rl_dataset(dataset_dir, settings.reward, settings.train_split)
     unknown = sorted(set(dataset.unique("task")) - set(tasks))
@@ -341,13 +341,13 @@ def _prepare(rl_dir: str | Path, settings: GRPOSettings) -> tuple[Path, dict[str
     return tasks_dir, tasks, mix_tasks(dataset, settings.task_weights, settings.seed)
 
 
-def dry_run(rl_dir: str | Path, out_dir: str | Path, sft_model: str | Path | None, settings: GRPOSettings,
+def dry_run(tasks_dir: str | Path, out_dir: str | Path, sft_model: str | Path | None, settings: GRPOSettings,
             *, n_processes: int | None = None) -> dict[str, Any]:
     """Everything up to loading weights: data, tasks, the resolved ``GRPOConfig``, the model folder.
 
     This is how the multi-GPU configs are validated on a machine without GPUs.
     """
-    tasks_dir, tasks, dataset = _prepare(rl_dir, settings)
+    tasks_dir, tasks, dataset = _prepare(tasks_dir, settings)
     n = n_processes or world_size()
     config = build_grpo_config(settings, Path(out_dir) / CHECKPOINTS, n_processes=n,
                                target=_device_target(settings))
@@ -428,7 +428,7 @@ def _trainer_class() -> type:
 
 
 def run_grpo(
-    rl_dir: str | Path,
+    tasks_dir: str | Path,
     out_dir: str | Path,
     sft_model: str | Path,
     settings: GRPOSettings,
@@ -436,7 +436,7 @@ def run_grpo(
     *,
     callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``sft_model`` with GRPO on the RL prompts of ``rl_dir``; return the metrics.
+    """Train ``sft_model`` with GRPO on the RL prompts of ``tasks_dir``; return the metrics.
 
     Leaves in ``out_dir``: the final model (HF format + ``cellduality.json`` with stage
     ``grpo-duality`` / ``grpo-oracle`` + lineage files), ``metrics.json`` (reward history, step-time
@@ -460,15 +460,15 @@ def run_grpo(
     checkpoints = out / CHECKPOINTS
     metrics_path = out / METRICS_FILE
     # the output policy first: OUT must be new or this same GRPO run (never e.g. the SFT model folder)
-    fingerprint = run_fingerprint({"rl_data": rl_dir, "sft_model": sft_model}, settings.model_dump(mode="json"))
-    last = prepare_output_dir(out, resume, "cellduality grpo", inputs=(rl_dir, sft_model), fingerprint=fingerprint)
+    fingerprint = run_fingerprint({"rl_data": tasks_dir, "sft_model": sft_model}, settings.model_dump(mode="json"))
+    last = prepare_output_dir(out, resume, "cellduality grpo", inputs=(tasks_dir, sft_model), fingerprint=fingerprint)
     if metrics_path.is_file():  # a finished run: --resume has nothing left to do
         return json.loads(metrics_path.read_text())
     if settings.use_vllm and not torch.cuda.is_available():
         raise ConfigError("use_vllm needs a GPU (vLLM does not run on CPU); set use_vllm: false here.")
     _check_backends(settings.report_to)
 
-    tasks_dir, tasks, dataset = _prepare(rl_dir, settings)
+    tasks_dir, tasks, dataset = _prepare(tasks_dir, settings)
     model_info = _model_info(sft_model)
     model, tokenizer = load_model(sft_model, dtype=settings.model_dtype)
     dataset = dataset.map(lambda row: {"prompt": format_prompt(tokenizer, row["prompt"])})
