@@ -61,9 +61,42 @@ def summary_tables(comparison: dict[str, Any], title: str = "") -> list[Table]:
     return tables
 
 
+PROPORTIONS = ("accuracy", "knn@10")
+"""Headline metrics that are shares of test examples, for which a noise band can be stated."""
+
+
+def stage2_verdicts(comparison: dict[str, Any]) -> list[str]:
+    """Per task: did duality RL move the headline share past noise on this many test examples?
+
+    A difference within two standard errors of a difference of two shares,
+    ``2 * sqrt(2 p (1 - p) / n)`` at the SFT model's share ``p`` over ``n`` examples, is reported
+    as noise -- the quickstart's 60 cells per task cannot show gains of a few points.
+    """
+    lines = []
+    for task, by_metric in comparison.get("summary", {}).items():
+        metric = next((m for m in headline(task) if m in PROPORTIONS and m in by_metric), None)
+        n_values = by_metric.get("n", {}).get("SFT-only", {})
+        if metric is None or not n_values.get("mean"):
+            continue
+        sft = by_metric[metric].get("SFT-only", {}).get("mean")
+        dual = by_metric[metric].get("duality RL", {}).get("mean")
+        if sft is None or dual is None:
+            continue
+        n = int(n_values["mean"])
+        band = 2 * math.sqrt(2 * max(sft * (1 - sft), 1 / n) / n)
+        diff = dual - sft
+        verdict = ("a gain beyond noise" if diff > band else "a loss beyond noise" if diff < -band
+                   else "no measurable change")
+        lines.append(f"{task}: duality RL vs SFT-only {NAMES.get(metric, metric)} {100 * diff:+.1f} points on {n} "
+                     f"test examples (noise band ±{100 * band:.0f}): {verdict}.")
+    return lines
+
+
 def print_summary(summary: dict[str, Any], out: Path, console: Console) -> None:
     for table in summary_tables(summary["evaluation"]):
         console.print(table)
+    for line in stage2_verdicts(summary["evaluation"]):
+        console.print(line)
     stages = Table(title="time per stage")
     stages.add_column("stage")
     stages.add_column("seconds", justify="right")
