@@ -91,3 +91,32 @@ def test_inference_decodes_copy_aware_by_default_and_can_show_the_model_s_own_te
         assert mdl.copy_aware is False and mdl.generator(max_new_tokens=2).copy_ranks is None
     finally:
         mdl.copy_aware = True
+
+
+def test_the_answer_copies_the_label_the_reasoning_concluded_with(setup):
+    from cellduality.models.copy_ranks import CopyRanks
+
+    task, prompt, tokenizer = setup
+    cell = prompt_cell_reader({"annotation": task})(prompt)
+    assert list(cell.labels) == list(task.context.labels)
+    concluded, other = cell.labels[1], cell.labels[0]
+    processor = CopyRanks(tokenizer)
+    processor.reset([cell])
+    reasoning = f"<think> {other} is possible, but together these point to {concluded}. </think> <answer>"
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    ids = prompt_ids + tokenizer.encode(reasoning, add_special_tokens=False)
+    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
+    written = []
+    for _ in range(12):  # decode greedily from flat scores: only the forced tokens can win
+        scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
+        if torch.isfinite(scores).all():
+            break
+        ids.append(int(scores.argmax()))
+        written.append(ids[-1])
+    assert tokenizer.decode(written).split() == f"{concluded} </answer>".split()
+    assert processor.answers_copied == 1
+    # no conclusion in the reasoning: the answer stays the model's
+    processor.reset([cell])
+    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
+    plain = prompt_ids + tokenizer.encode("<think> hmm </think> <answer>", add_special_tokens=False)
+    assert torch.isfinite(processor(torch.tensor([plain]), torch.zeros(1, len(tokenizer)))[0]).all()

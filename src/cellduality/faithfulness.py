@@ -143,7 +143,8 @@ def prompt_cell_reader(tasks: Mapping[str, Task]) -> Callable[[str], InputCell |
         for task in tasks.values():
             cell, _ = task.claim_cells(prompt, "")
             if cell:
-                return InputCell(cell, task.cites_input_genes_only)
+                labels = [task.render_answer(a) for a in task.answer_candidates()] if task.kind == "classification" else []
+                return InputCell(cell, task.cites_input_genes_only, labels)
         return None
 
     return cell_of
@@ -351,11 +352,9 @@ class _Checker:
     def conclusion(self) -> str | None:
         if not self.ctx.labels or self.label_re is None:
             return None
-        pattern = re.compile(rf"\b(?:{_CUES})\s+(?:an?\s+|the\s+)?(?P<label>{self.label_re})(?![\w+])", re.IGNORECASE)
-        found = list(pattern.finditer(self.text))
-        if not found:
+        last = _last_conclusion(self.text, self.label_re)
+        if last is None:
             return None
-        last = found[-1]
         stated = _canonical(last.group("label"), self.labels)
         answer = self.ctx.answer
         if answer is None:
@@ -365,6 +364,19 @@ class _Checker:
         else:
             self.add("conclusion", "answer", last.start(), last.end(), "true")
         return stated
+
+
+def _last_conclusion(text: str, label_re: str) -> re.Match[str] | None:
+    pattern = re.compile(rf"\b(?:{_CUES})\s+(?:an?\s+|the\s+)?(?P<label>{label_re})(?![\w+])", re.IGNORECASE)
+    found = list(pattern.finditer(text))
+    return found[-1] if found else None
+
+
+def concluded_label(reasoning: str, labels: Sequence[str]) -> str | None:
+    """The label a reasoning concludes with (its last ``points to X`` / ``consistent with X`` ...), or ``None``."""
+    label_re = _label_pattern(labels) if labels else None
+    last = _last_conclusion(reasoning, label_re) if label_re else None
+    return None if last is None else _canonical(last.group("label"), labels)
 
 
 def _ranks(cell: Sequence[str] | None) -> dict[str, int]:

@@ -5,13 +5,17 @@ Monocyte training cells …)`` -- but copies the rank badly: on the quickstart m
 of its rank claims were exact (docs/results.md, issue #13). The rank is a fact of the prompt, so
 decoding can copy it: when the text generated so far ends with ``GENE (rank`` or ``GENE at rank``
 and ``GENE`` is in the input cell, the next tokens are forced to spell the gene's rank in that
-cell. Only the reasoning is touched (never inside ``<answer>``).
+cell.
 
 Where a task's reasoning cites only genes of its input cell (``Task.cites_input_genes_only``:
 annotation, sensitivity), gene tokens that are not in the cell are also barred from the
 reasoning: on the quickstart model most false claims were a marker *absent* from the cell (IL32
 for a T cell). Tokens of the candidate labels stay allowed (``CD14`` in "CD14+ Monocyte"). The
-answer and which of the cell's genes to cite stay the model's choice.
+choice of which of the cell's genes to cite stays the model's.
+
+For classification tasks the ``<answer>`` copies the label the reasoning concluded with (``So the
+cell is most consistent with X``), when it concluded with one: an explanation whose conclusion
+contradicts its answer explains nothing. Without such a conclusion the answer is the model's.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
+
 @dataclass(frozen=True)
 class InputCell:
-    """The input cell of a prompt, ranked, and whether the reasoning may cite only its genes."""
+    """What copy-aware decoding reads from a prompt: its input cell (ranked), whether the reasoning
+    may cite only that cell's genes, and the candidate labels when the answer is one of them."""
 
     genes: Sequence[str]
     cite_only_these: bool = False
+    labels: Sequence[str] = ()
 
 
 CellOf = Callable[[str], InputCell | None]
@@ -47,11 +54,12 @@ def _one_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> set[int]:
 
 
 class CopyRanks:
-    """A logits processor forcing the stated rank of a cited gene to its rank in the input cell.
+    """A logits processor: stated ranks copied from the input cell, the answer from the conclusion.
 
-    Set :attr:`cells` (one ranked gene list or ``None`` per batch row) before each
+    :meth:`reset` it with one :class:`InputCell` (or ``None``) per batch row before each
     ``model.generate``; :func:`~cellduality.models.generation.make_generate_fn` does it from the
-    prompts with its ``cell_of`` argument. ``forced`` counts the ranks it wrote.
+    prompts with its ``cell_of`` argument. ``forced`` counts the ranks it copied,
+    ``answers_copied`` the answers.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, genes: Iterable[str] = (),
@@ -65,10 +73,13 @@ class CopyRanks:
         self._gene_tokens = sorted({i for ids in self.gene_ids.values() for i in ids} - label_ids)
         self.rank_ids = _one_token_ids(tokenizer, "rank")
         self.answer_ids = _one_token_ids(tokenizer, "<answer>")
-        self.cells: list[dict[str, int] | None] = []
-        self._barred: list[Any] = []
         self.forced = 0
+        self.answers_copied = 0
+        self._inputs: list[InputCell | None] = []
+        self._ranks: list[dict[str, int] | None] = []
+        self._barred: list[Any] = []
         self._queue: list[list[int]] = []
+        self._answered: list[bool] = []
         self._start: int | None = None
 
     @property
@@ -76,41 +87,68 @@ class CopyRanks:
         return bool(self.rank_ids)
 
     def reset(self, cells: Sequence[InputCell | None]) -> None:
-        """A new batch: the input cell of each row (``None`` = leave the row alone)."""
+        """A new batch: what to copy for each row (``None`` = leave the row alone)."""
         import torch
 
-        self.cells = [None if not c or not c.genes else {g: r for r, g in reversed(list(enumerate(c.genes, 1)))}
-                      for c in cells]
+        self._inputs = list(cells)
+        self._ranks = [None if not c or not c.genes else {g: r for r, g in reversed(list(enumerate(c.genes, 1)))}
+                       for c in cells]
         self._barred = []
         for cell in cells:
             allowed = {i for g in (cell.genes if cell and cell.cite_only_these else ()) for i in self.gene_ids.get(g, ())}
             barred = [i for i in self._gene_tokens if i not in allowed] if cell and cell.cite_only_these else []
             self._barred.append(torch.tensor(barred, dtype=torch.long) if barred else None)
         self._queue = [[] for _ in cells]
+        self._answered = [False for _ in cells]
         self._start = None
+
+    def _answer_tokens(self, label: str) -> list[int]:
+        """Tokens after ``<answer>`` that spell `` label </answer>``, as the answer is written in training."""
+        opened = self.tokenizer.encode("<answer>", add_special_tokens=False)
+        full = self.tokenizer.encode(f"<answer> {label} </answer>", add_special_tokens=False)
+        return full[len(opened):] if full[: len(opened)] == opened else []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self._start is None:
             self._start = input_ids.shape[1]
         last = input_ids[:, -1].tolist()
         for row, token in enumerate(last):
-            cell = self.cells[row] if row < len(self.cells) else None
+            cell = self._inputs[row] if row < len(self._inputs) else None
             if cell is None:
                 continue
-            generated = input_ids[row, self._start:]
-            if any(int(t) in self.answer_ids for t in generated.tolist()):
-                continue  # inside or after the answer: not reasoning any more
-            if self._barred[row] is not None:
-                scores[row, self._barred[row].to(scores.device)] = float("-inf")
-            if not self._queue[row] and token in self.rank_ids and input_ids.shape[1] > self._start:
-                tail = self.tokenizer.decode(generated[-_TAIL_TOKENS:], skip_special_tokens=True)
-                found = _RANK_CUE.search(tail)
-                if found and found.group("gene") in cell:
-                    self._queue[row] = self.tokenizer.encode(f" {cell[found.group('gene')]}", add_special_tokens=False)
-                    self.forced += 1
+            if not self._queue[row]:
+                self._plan(row, token, cell, input_ids[row, self._start:], scores)
             if self._queue[row]:
                 keep = self._queue[row].pop(0)
                 value = scores[row, keep].clone()
                 scores[row, :] = float("-inf")
                 scores[row, keep] = value if value > float("-inf") else 0.0
         return scores
+
+    def _plan(self, row: int, token: int, cell: InputCell, generated: Any, scores: Any) -> None:
+        """Queue what to copy next in ``row`` (or bar genes), from the text generated so far."""
+        ids = generated.tolist()
+        if any(t in self.answer_ids for t in ids):  # the answer: copy the conclusion, once
+            if token in self.answer_ids and not self._answered[row] and cell.labels:
+                self._answered[row] = True
+                label = _concluded(self.tokenizer.decode(ids, skip_special_tokens=True), cell.labels)
+                if label is not None and (tokens := self._answer_tokens(label)):
+                    self._queue[row] = tokens
+                    self.answers_copied += 1
+            return
+        if self._barred[row] is not None:
+            scores[row, self._barred[row].to(scores.device)] = float("-inf")
+        ranks = self._ranks[row]
+        if ranks and token in self.rank_ids and ids:
+            tail = self.tokenizer.decode(ids[-_TAIL_TOKENS:], skip_special_tokens=True)
+            found = _RANK_CUE.search(tail)
+            if found and found.group("gene") in ranks:
+                self._queue[row] = self.tokenizer.encode(f" {ranks[found.group('gene')]}", add_special_tokens=False)
+                self.forced += 1
+
+
+def _concluded(text: str, labels: Sequence[str]) -> str | None:
+    from cellduality.faithfulness import concluded_label
+
+    reasoning = text.split("</think>")[0]
+    return concluded_label(reasoning, labels)
