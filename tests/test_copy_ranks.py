@@ -16,7 +16,8 @@ def setup(pbmc_task):
     cells, task = pbmc_task
     example = task.make_examples(cells, range(1), seed=0)[0]
     prompt = task.primal_prompt(example)
-    texts = [prompt, format_response("Key evidence: CD3E (rank 4; in 90% of CD4 cells) and IL32 at rank 2.", "x")]
+    texts = [prompt, format_response("Key evidence: CD3E (rank 4; among CD4 training cells 90%, among others 7%) "
+                                     "and IL32 at rank 2 (in CD4 cells 80%, elsewhere 12%).", "x")]
     _, tokenizer = load_model("tiny", tokenizer_texts=texts, genes=sorted(task.context.genes))
     return task, prompt, tokenizer
 
@@ -120,3 +121,33 @@ def test_the_answer_copies_the_label_the_reasoning_concluded_with(setup):
     processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
     plain = prompt_ids + tokenizer.encode("<think> hmm </think> <answer>", add_special_tokens=False)
     assert torch.isfinite(processor(torch.tensor([plain]), torch.zeros(1, len(tokenizer)))[0]).all()
+
+
+def test_training_frequencies_are_copied_for_the_label_the_model_cites(setup):
+    from dataclasses import replace
+
+    from cellduality.models.copy_ranks import CopyRanks
+
+    task, prompt, tokenizer = setup
+    cell = prompt_cell_reader({"annotation": task})(prompt)
+    assert cell.frequency is None  # no teacher knowledge given: numbers stay the model's
+    table = {(cell.genes[0], cell.labels[2]): (0.96, 0.07)}
+    cell = replace(cell, frequency=lambda gene, label: table.get((gene, label), (0.5, 0.5)))
+    gene, label = cell.genes[0], cell.labels[2]
+    for cue, expected in ((f"<think> {gene} (rank 1; among {label} training cells", " 96%"),
+                          (f"<think> {gene} at rank 1 (in {label} cells 12%, elsewhere", " 7%"),
+                          (f"<think> {gene} (rank 1; among {label} training cells 50%, among others", " 7%")):
+        processor = CopyRanks(tokenizer)
+        processor.reset([cell])
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        ids = prompt_ids + tokenizer.encode(cue, add_special_tokens=False)
+        processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
+        written = []
+        for _ in range(4):
+            scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
+            if torch.isfinite(scores).all():
+                break
+            ids.append(int(scores.argmax()))
+            written.append(ids[-1])
+        assert tokenizer.decode(written).replace(" ", "") == expected.strip(), cue
+        assert processor.frequencies_copied == 1

@@ -108,6 +108,11 @@ def test_training_frequency_claims(case):
     bad = _check(case, f"{gene} (rank 1; in {wrong}% of {label} training cells vs {outside}% of others)")
     assert bad.claims[1].kind == "frequency" and bad.claims[1].verdict == "false"
     assert f"{inside}% of {label}" in bad.claims[1].reason
+    # the teacher's label-first phrasing (the label before its number, so decoding can copy the number)
+    first = _check(case, f"{gene} (rank 1; among {label} training cells {inside}%, among others {outside}%) and "
+                         f"{gene} at rank 1 (in {label} cells {wrong}%, elsewhere {outside}%).")
+    assert [(c.kind, c.verdict) for c in first.claims if c.kind == "frequency"] == [("frequency", "true"),
+                                                                                   ("frequency", "false")]
     unknown = _check(case, f"{gene} at rank 1 ({wrong}% of {label} cells, {outside}% elsewhere).", knowledge=False)
     assert unknown.claims[1].verdict == "unchecked" and unknown.score == 1.0  # unchecked claims are not scored
     assert unknown.notes and "unchecked" in unknown.notes[0]

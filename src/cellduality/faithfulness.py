@@ -56,6 +56,7 @@ _ABSENT = re.compile(
 )
 _PCT = r"(?P<{name}>\d+(?:\.\d+)?)\s*%"
 _OUTSIDE = re.compile(_PCT.format(name="out") + r"\s+(?:of\s+(?:the\s+)?others|elsewhere|of\s+other\s+cells)")
+_OUTSIDE_FIRST = re.compile(r"(?:among\s+(?:the\s+)?others|elsewhere)\s+" + _PCT.format(name="out"))
 _TYPICAL = re.compile(r"typical\s+rank\s+(?P<t>\d+(?:\.\d+)?)")
 _CUES = (r"points?\s+to|pointing\s+to|match(?:es)?|consistent\s+with|best\s+match\s+is|"
          r"(?:the\s+)?cell\s+is|it\s+is|classif(?:y|ied)\s+(?:it\s+)?as|conclude(?:s)?(?:\s+that)?(?:\s+it\s+is)?")
@@ -131,7 +132,8 @@ class FaithfulnessReport:
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-def prompt_cell_reader(tasks: Mapping[str, Task]) -> Callable[[str], InputCell | None]:
+def prompt_cell_reader(tasks: Mapping[str, Task],
+                       knowledge: Mapping[str, ClassProfiles] | None = None) -> Callable[[str], InputCell | None]:
     """``raw prompt -> its input cell`` over ``tasks`` (the first task whose templates fit).
 
     For copy-aware decoding (:class:`~cellduality.models.copy_ranks.CopyRanks`): the cell a
@@ -144,18 +146,24 @@ def prompt_cell_reader(tasks: Mapping[str, Task]) -> Callable[[str], InputCell |
             cell, _ = task.claim_cells(prompt, "")
             if cell:
                 labels = [task.render_answer(a) for a in task.answer_candidates()] if task.kind == "classification" else []
-                return InputCell(cell, task.cites_input_genes_only, labels)
+                profiles = (knowledge or {}).get(task.name)
+                frequency = (lambda gene, label, p=profiles: p.frequency_of(gene, label)) if profiles else None
+                return InputCell(cell, task.cites_input_genes_only, labels, frequency)
         return None
 
     return cell_of
 
 
-def copy_aware_decoding(tasks: Mapping[str, Task]) -> dict[str, Any]:
-    """Keyword arguments of :func:`~cellduality.models.make_generate_fn` for copy-aware decoding."""
+def copy_aware_decoding(tasks: Mapping[str, Task],
+                        knowledge: Mapping[str, ClassProfiles] | None = None) -> dict[str, Any]:
+    """Keyword arguments of :func:`~cellduality.models.make_generate_fn` for copy-aware decoding
+    (``knowledge``: the teacher's class profiles per task, :func:`training_knowledge`, to copy
+    training frequencies too)."""
     from cellduality.tasks.base import gene_vocabulary
 
     labels = {task.render_answer(a) for task in tasks.values() for a in task.answer_candidates()}
-    return {"cell_of": prompt_cell_reader(tasks), "genes": gene_vocabulary(tasks), "labels": sorted(labels)}
+    return {"cell_of": prompt_cell_reader(tasks, knowledge), "genes": gene_vocabulary(tasks),
+            "labels": sorted(labels)}
 
 
 def prompt_field(prompt: Any, templates: Sequence[str], name: str) -> str | None:
@@ -295,9 +303,15 @@ class _Checker:
             return []
         pattern = re.compile(_PCT.format(name="inside") + rf"\s+of\s+(?:the\s+)?(?P<label>{self.label_re})"
                              r"(?![\w+])\s+(?:training\s+)?cells", re.IGNORECASE)
+        label_first = re.compile(rf"\b(?:among|in)\s+(?:the\s+)?(?P<label>{self.label_re})(?![\w+])\s+"
+                                 r"(?:training\s+)?cells\s+" + _PCT.format(name="inside"), re.IGNORECASE)
         out = []
-        for m in pattern.finditer(body):
+        for m in pattern.finditer(body):  # "96% of X training cells vs 7% of others"
             rest = _OUTSIDE.search(body, m.end())
+            out.append((_canonical(m.group("label"), self.labels), float(m.group("inside")),
+                        float(rest.group("out")) if rest else None))
+        for m in label_first.finditer(body):  # "among X training cells 96%, among others 7%"
+            rest = _OUTSIDE_FIRST.search(body, m.end())
             out.append((_canonical(m.group("label"), self.labels), float(m.group("inside")),
                         float(rest.group("out")) if rest else None))
         return out

@@ -79,10 +79,11 @@ def evaluate_model(
 
     read_model_info(model_dir)  # one-line error when it is not a CellDuality model
     model, tokenizer = load_model(model_dir, device=inference_device())
-    from cellduality.faithfulness import copy_aware_decoding
+    from cellduality.faithfulness import copy_aware_decoding, knowledge_or_none
 
     task_map = load_tasks(tasks_dir)
-    decoding = copy_aware_decoding(task_map) if copy_aware else {"genes": gene_vocabulary(task_map)}
+    decoding = (copy_aware_decoding(task_map, knowledge_or_none(tasks_dir, task_map)) if copy_aware
+                else {"genes": gene_vocabulary(task_map)})
     generate = make_generate_fn(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 temperature=temperature, batch_size=batch_size, seed=seed, **decoding)
     from cellduality.evaluation.reward_diagnostics import make_duality_reward

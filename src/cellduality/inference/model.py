@@ -34,6 +34,7 @@ class CellDualityModel:
     the input cell are copied from it, so an explanation never misstates one. Off only to measure
     the model's own text."""
     _inverse: Any = field(default=None, repr=False)
+    _knowledge: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> CellDualityModel:
@@ -75,7 +76,8 @@ class CellDualityModel:
         from cellduality.tasks.base import gene_vocabulary
 
         copy = self.copy_aware if copy_aware is None else copy_aware
-        decoding = copy_aware_decoding(self.tasks) if copy else {"genes": gene_vocabulary(self.tasks)}
+        decoding = (copy_aware_decoding(self.tasks, self.training_knowledge) if copy
+                    else {"genes": gene_vocabulary(self.tasks)})
         return make_generate_fn(
             self.model,
             self.tokenizer,
@@ -87,6 +89,17 @@ class CellDualityModel:
             require_reasoning=require_reasoning,
             **decoding,
         )
+
+    @property
+    def training_knowledge(self) -> dict[str, Any]:
+        """The teacher's class profiles of the tasks folder this model records, when it still exists
+        (``{}`` otherwise): copy-aware decoding copies training frequencies from them."""
+        if self._knowledge is None:
+            from cellduality.faithfulness import find_tasks_dir, knowledge_or_none
+
+            source = find_tasks_dir(self.path)
+            self._knowledge = knowledge_or_none(source, self.tasks) if source else {}
+        return self._knowledge
 
     @property
     def inverse(self) -> Any:

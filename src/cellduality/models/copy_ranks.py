@@ -11,7 +11,9 @@ Where a task's reasoning cites only genes of its input cell (``Task.cites_input_
 annotation, sensitivity), gene tokens that are not in the cell are also barred from the
 reasoning: on the quickstart model most false claims were a marker *absent* from the cell (IL32
 for a T cell). Tokens of the candidate labels stay allowed (``CD14`` in "CD14+ Monocyte"). The
-choice of which of the cell's genes to cite stays the model's.
+choice of which of the cell's genes to cite stays the model's. Given the teacher's training
+frequencies, a claim about them (``among X training cells 96%, among others 7%``, the teacher's
+label-first phrasing) gets its numbers copied too, for the label the model chose to cite.
 
 For classification tasks the ``<answer>`` copies the label the reasoning concluded with (``So the
 cell is most consistent with X``), when it concluded with one: an explanation whose conclusion
@@ -37,6 +39,9 @@ class InputCell:
     genes: Sequence[str]
     cite_only_these: bool = False
     labels: Sequence[str] = ()
+    frequency: Callable[[str, str], tuple[float, float]] | None = None
+    """``(gene, label) -> (share of label's training cells with gene, share of the others)``: the
+    teacher's fitted frequencies, so that stated ones can be copied (None: left to the model)."""
 
 
 CellOf = Callable[[str], InputCell | None]
@@ -45,6 +50,11 @@ CellOf = Callable[[str], InputCell | None]
 _RANK_CUE = re.compile(  # "GENE (rank", "GENE at rank", and "GENE at rank N (rank" (the rank restated)
     r"(?P<gene>[A-Za-z0-9][A-Za-z0-9.\-]*)(?:\s+at\s+rank\s+\d+)?\s*(?:\(\s*|\s+at\s+)rank\s*$")
 _TAIL_TOKENS = 10  # enough to hold "GENE at rank N (rank" for a tokenizer that keeps a symbol whole
+_CLAIM_OPEN = r"(?P<gene>[A-Za-z0-9][A-Za-z0-9.\-]*)\s*(?:\(\s*rank\s+\d+\s*;|at\s+rank\s+\d+\s*\()\s*"
+_LABEL_CELLS = r"(?:among|in)\s+(?:the\s+)?(?P<label>[^();%]+?)\s+(?:training\s+)?cells"
+_FREQ_INSIDE_CUE = re.compile(_CLAIM_OPEN + _LABEL_CELLS + r"$")  # "... among X training cells" -> " 96%"
+_FREQ_OUTSIDE_CUE = re.compile(_CLAIM_OPEN + _LABEL_CELLS + r"\s+\d+\s*%\s*,\s*(?:among\s+(?:the\s+)?others|elsewhere)$")
+_CLAIM_TAIL_TOKENS = 40
 
 
 def _one_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> set[int]:
@@ -72,6 +82,10 @@ class CopyRanks:
         label_ids = {i for label in labels for i in tokenizer.encode(f" {label}", add_special_tokens=False)}
         self._gene_tokens = sorted({i for ids in self.gene_ids.values() for i in ids} - label_ids)
         self.rank_ids = _one_token_ids(tokenizer, "rank")
+        cue_words = ("cells", "others", "elsewhere")  # a frequency is copied right after one of these
+        self.frequency_cue_ids = {i for i in range(len(tokenizer)) if (piece := tokenizer.decode([i]).strip())
+                                  and any(w.endswith(piece) for w in cue_words)}  # also the last piece of a split word
+        self.frequencies_copied = 0
         self.answer_ids = _one_token_ids(tokenizer, "<answer>")
         self.forced = 0
         self.answers_copied = 0
@@ -138,6 +152,9 @@ class CopyRanks:
             return
         if self._barred[row] is not None:
             scores[row, self._barred[row].to(scores.device)] = float("-inf")
+        if cell.frequency is not None and token in self.frequency_cue_ids and cell.labels:
+            self._plan_frequency(row, cell, ids)
+            return
         ranks = self._ranks[row]
         if ranks and token in self.rank_ids and ids:
             tail = self.tokenizer.decode(ids[-_TAIL_TOKENS:], skip_special_tokens=True)
@@ -145,6 +162,22 @@ class CopyRanks:
             if found and found.group("gene") in ranks:
                 self._queue[row] = self.tokenizer.encode(f" {ranks[found.group('gene')]}", add_special_tokens=False)
                 self.forced += 1
+
+
+    def _plan_frequency(self, row: int, cell: InputCell, ids: list[int]) -> None:
+        """``among X training cells`` -> the share of X's training cells with the gene; ``among others`` -> the rest."""
+        tail = self.tokenizer.decode(ids[-_CLAIM_TAIL_TOKENS:], skip_special_tokens=True)
+        for cue, which in ((_FREQ_INSIDE_CUE, 0), (_FREQ_OUTSIDE_CUE, 1)):
+            found = cue.search(tail)
+            if found is None:
+                continue
+            label = next((x for x in cell.labels if x.casefold() == found.group("label").strip().casefold()), None)
+            if label is None or cell.frequency is None:
+                return
+            share = cell.frequency(found.group("gene"), label)[which]
+            self._queue[row] = self.tokenizer.encode(f" {100 * share:.0f}%", add_special_tokens=False)
+            self.frequencies_copied += 1
+            return
 
 
 def _concluded(text: str, labels: Sequence[str]) -> str | None:

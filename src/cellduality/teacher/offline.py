@@ -159,9 +159,11 @@ class OfflineTeacher(Teacher):
         cites = []
         for gene, rank, _ in evidence:
             inside, outside = profiles.frequency_of(gene, label)
+            # the label before its number: a decoder that knows the training frequencies can then copy
+            # the number the model is about to write (cellduality.models.copy_ranks)
             cites.append(rng.choice((
-                f"{gene} (rank {rank}; in {_pct(inside)} of {label} training cells vs {_pct(outside)} of others)",
-                f"{gene} at rank {rank} ({_pct(inside)} of {label} cells, {_pct(outside)} elsewhere)",
+                f"{gene} (rank {rank}; among {label} training cells {_pct(inside)}, among others {_pct(outside)})",
+                f"{gene} at rank {rank} (in {label} cells {_pct(inside)}, elsewhere {_pct(outside)})",
             )))
         opening = rng.choice((
             "The informative genes here are ",
