@@ -134,9 +134,9 @@ def test_training_frequencies_are_copied_for_the_label_the_model_cites(setup):
     table = {(cell.genes[0], cell.labels[2]): (0.96, 0.07)}
     cell = replace(cell, frequency=lambda gene, label: table.get((gene, label), (0.5, 0.5)))
     gene, label = cell.genes[0], cell.labels[2]
-    for cue, expected in ((f"<think> {gene} (rank 1; among {label} training cells", " 96%"),
-                          (f"<think> {gene} at rank 1 (in {label} cells 12%, elsewhere", " 7%"),
-                          (f"<think> {gene} (rank 1; among {label} training cells 50%, among others", " 7%")):
+    for cue, expected in ((f"<think> {gene} (rank 1; among {label} training cells", " 96"),
+                          (f"<think> {gene} at rank 1 (in {label} cells 12%, elsewhere", " 7"),
+                          (f"<think> {gene} (rank 1; among {label} training cells 50%, among others", " 7")):
         processor = CopyRanks(tokenizer)
         processor.reset([cell])
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)

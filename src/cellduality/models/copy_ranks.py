@@ -175,7 +175,8 @@ class CopyRanks:
             if label is None or cell.frequency is None:
                 return
             share = cell.frequency(found.group("gene"), label)[which]
-            self._queue[row] = self.tokenizer.encode(f" {100 * share:.0f}%", add_special_tokens=False)
+            # the number only: tokenizers trained on the teacher's text merge "%" with what follows ("%,")
+            self._queue[row] = self.tokenizer.encode(f" {100 * share:.0f}", add_special_tokens=False)
             self.frequencies_copied += 1
             return
 
