@@ -47,6 +47,20 @@ def test_quickstart_config_typo_is_one_line_error(tmp_path):
         load_quickstart_settings(path)
 
 
+def test_quickstart_config_overrides_the_shipped_one_key_by_key(tmp_path):
+    shipped = load_quickstart_settings()
+    path = tmp_path / "q.yaml"
+    path.write_text("seed: 3\ngrpo: {max_steps: 50}\n")
+    settings = load_quickstart_settings(path)
+    assert settings.seed == 3 and settings.grpo["max_steps"] == 50
+    # everything else stays as shipped (a section is merged, not replaced)
+    assert settings.sft == shipped.sft and settings.datasets == shipped.datasets
+    assert {k: v for k, v in settings.grpo.items() if k != "max_steps"} == \
+        {k: v for k, v in shipped.grpo.items() if k != "max_steps"}
+    path.write_text("datasets: {kang2018: {source: kang2018, tasks: [annotation], label_key: cell_type}}\n")
+    assert list(load_quickstart_settings(path).datasets) == ["kang2018"]  # the user's datasets, not added ones
+
+
 def _tasks(cells, names, out):
     from cellduality.tasks import build_task_datasets
 

@@ -55,22 +55,36 @@ def load_config(model: type[M], path: str | Path | None = None, /, **overrides: 
 
     ``model`` and ``path`` are positional-only, so a setting may itself be called ``model``.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {p} does not exist; pass an existing YAML file to --config.")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" (line {line + 1})" if line is not None else ""
-            raise ConfigError(f"Config file {p} is not valid YAML{where}; fix the syntax.") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"Config file {p} must be a mapping of keys to values.")
-        data.update(loaded)
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(model, data, source=str(path) if path else "options")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping; one-line :class:`ConfigError` when missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {p} does not exist; pass an existing YAML file to --config.")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"Config file {p} is not valid YAML{where}; fix the syntax.") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Config file {p} must be a mapping of keys to values.")
+    return loaded
+
+
+def merge_configs(base: dict[str, Any], override: dict[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``override`` on top of ``base``; nested mappings merge key by key (a section is not replaced
+    wholesale, so ``grpo: {max_steps: 50}`` keeps the base's other GRPO keys), except the top-level
+    keys in ``replace`` (a list of things, such as the datasets to run, is the user's list)."""
+    out = dict(base)
+    for key, value in override.items():
+        merge = key not in replace and isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_configs(out[key], value) if merge else value
+    return out
 
 
 def parse_assignments(items: list[str] | None, option: str = "--set") -> dict[str, Any]:

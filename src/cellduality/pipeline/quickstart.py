@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 from rich.console import Console
 
-from cellduality.config import StrictModel, load_config
+from cellduality.config import StrictModel, load_config, merge_configs, read_config_file, validate_config
 from cellduality.errors import CellDualityError
 from cellduality.pipeline.stages import StageResult, run_stage
 
@@ -61,7 +61,12 @@ def default_config_path() -> Path:
 
 
 def load_quickstart_settings(path: str | Path | None = None) -> QuickstartSettings:
-    return load_config(QuickstartSettings, path or default_config_path())
+    """The shipped quickstart config, with the user's YAML (``--config``) merged over it key by key
+    (``datasets``, when given, replaces the shipped one: those are the datasets to run)."""
+    if path is None:
+        return load_config(QuickstartSettings, default_config_path())
+    data = merge_configs(read_config_file(default_config_path()), read_config_file(path), replace=("datasets",))
+    return validate_config(QuickstartSettings, data, source=str(path))
 
 
 # --------------------------------------------------------------------------------------------
