@@ -23,11 +23,27 @@ def setup(pbmc_task):
 
 
 def _step(processor, tokenizer, prompt: str, generated: str):
-    """Scores the processor leaves for the token after ``generated`` (flat scores going in)."""
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    new_ids = tokenizer.encode(generated, add_special_tokens=False)
-    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))  # first step: remembers the prompt length
-    return processor(torch.tensor([prompt_ids + new_ids]), torch.zeros(1, len(tokenizer)))[0]
+    """Scores the processor leaves for the token after ``generated``, fed one token per step as in
+    ``model.generate`` (flat scores going in)."""
+    return _decode(processor, tokenizer, prompt, generated, 0)[0]
+
+
+def _decode(processor, tokenizer, prompt: str, generated: str, n: int):
+    """Feed ``generated`` token by token, then decode ``n`` more greedily from flat scores (only
+    forced tokens can win); returns (the last scores, the decoded extra token ids)."""
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
+    for token in tokenizer.encode(generated, add_special_tokens=False):
+        ids.append(token)
+        scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
+    written = []
+    for _ in range(n):
+        if torch.isfinite(scores).all():
+            break
+        ids.append(int(scores.argmax()))
+        written.append(ids[-1])
+        scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
+    return scores, written
 
 
 def test_the_rank_of_a_cited_gene_is_copied_from_the_input_cell(setup):
@@ -43,7 +59,7 @@ def test_the_rank_of_a_cited_gene_is_copied_from_the_input_cell(setup):
         scores = _step(processor, tokenizer, prompt, cue)
         forced = tokenizer.encode(" 7", add_special_tokens=False)
         assert torch.isfinite(scores).sum() == 1 and int(scores.argmax()) == forced[0], cue
-        assert processor.forced == 1
+        assert processor.forced == cue.count("rank")  # "at rank 7 (rank": both copied
     # not a gene of the cell, inside the answer, or a row without a cell: left alone
     for cue, cells in (("<think> MADEUP1 (rank", [cell]), (f"<think> x </think> <answer> {gene} (rank", [cell]),
                        (f"<think> {gene} (rank", [None])):
@@ -104,23 +120,12 @@ def test_the_answer_copies_the_label_the_reasoning_concluded_with(setup):
     processor = CopyRanks(tokenizer)
     processor.reset([cell])
     reasoning = f"<think> {other} is possible, but together these point to {concluded}. </think> <answer>"
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    ids = prompt_ids + tokenizer.encode(reasoning, add_special_tokens=False)
-    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
-    written = []
-    for _ in range(12):  # decode greedily from flat scores: only the forced tokens can win
-        scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
-        if torch.isfinite(scores).all():
-            break
-        ids.append(int(scores.argmax()))
-        written.append(ids[-1])
+    _, written = _decode(processor, tokenizer, prompt, reasoning, 12)
     assert tokenizer.decode(written).split() == f"{concluded} </answer>".split()
     assert processor.answers_copied == 1
     # no conclusion in the reasoning: the answer stays the model's
     processor.reset([cell])
-    processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
-    plain = prompt_ids + tokenizer.encode("<think> hmm </think> <answer>", add_special_tokens=False)
-    assert torch.isfinite(processor(torch.tensor([plain]), torch.zeros(1, len(tokenizer)))[0]).all()
+    assert torch.isfinite(_step(processor, tokenizer, prompt, "<think> hmm </think> <answer>")).all()
 
 
 def test_training_frequencies_are_copied_for_the_label_the_model_cites(setup):
@@ -139,15 +144,6 @@ def test_training_frequencies_are_copied_for_the_label_the_model_cites(setup):
                           (f"<think> {gene} (rank 1; among {label} training cells 50%, among others", " 7")):
         processor = CopyRanks(tokenizer)
         processor.reset([cell])
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        ids = prompt_ids + tokenizer.encode(cue, add_special_tokens=False)
-        processor(torch.tensor([prompt_ids]), torch.zeros(1, len(tokenizer)))
-        written = []
-        for _ in range(4):
-            scores = processor(torch.tensor([ids]), torch.zeros(1, len(tokenizer)))[0]
-            if torch.isfinite(scores).all():
-                break
-            ids.append(int(scores.argmax()))
-            written.append(ids[-1])
+        _, written = _decode(processor, tokenizer, prompt, cue, 4)
         assert tokenizer.decode(written).replace(" ", "") == expected.strip(), cue
-        assert processor.frequencies_copied == 1
+        assert processor.frequencies_copied == 1 + ("%" in cue)  # each cue fed token by token is copied

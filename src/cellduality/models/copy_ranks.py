@@ -91,9 +91,10 @@ class CopyRanks:
         self.answers_copied = 0
         self._inputs: list[InputCell | None] = []
         self._ranks: list[dict[str, int] | None] = []
-        self._barred: list[Any] = []
+        self._barred: Any = None
         self._queue: list[list[int]] = []
-        self._answered: list[bool] = []
+        self._in_answer: list[bool] = []
+        self._generated: list[list[int]] = []
         self._start: int | None = None
 
     @property
@@ -107,13 +108,18 @@ class CopyRanks:
         self._inputs = list(cells)
         self._ranks = [None if not c or not c.genes else {g: r for r, g in reversed(list(enumerate(c.genes, 1)))}
                        for c in cells]
-        self._barred = []
-        for cell in cells:
-            allowed = {i for g in (cell.genes if cell and cell.cite_only_these else ()) for i in self.gene_ids.get(g, ())}
-            barred = [i for i in self._gene_tokens if i not in allowed] if cell and cell.cite_only_these else []
-            self._barred.append(torch.tensor(barred, dtype=torch.long) if barred else None)
+        self._barred = None  # [rows, vocab] True where a gene may not be cited (rows that cite only their cell)
+        restricted = [i for i, c in enumerate(cells) if c is not None and c.cite_only_these]
+        if restricted and self._gene_tokens:
+            self._barred = torch.zeros(len(cells), len(self.tokenizer), dtype=torch.bool)
+            self._barred[torch.tensor(restricted)[:, None], torch.tensor(self._gene_tokens)[None, :]] = True
+            for i in restricted:
+                allowed = [t for g in cells[i].genes for t in self.gene_ids.get(g, ())]
+                if allowed:
+                    self._barred[i, allowed] = False
         self._queue = [[] for _ in cells]
-        self._answered = [False for _ in cells]
+        self._in_answer = [False for _ in cells]
+        self._generated: list[list[int]] = [[] for _ in cells]
         self._start = None
 
     def _answer_tokens(self, label: str) -> list[int]:
@@ -123,35 +129,43 @@ class CopyRanks:
         return full[len(opened):] if full[: len(opened)] == opened else []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if self._start is None:
+        import torch
+
+        first = self._start is None
+        if first:
             self._start = input_ids.shape[1]
         last = input_ids[:, -1].tolist()
         for row, token in enumerate(last):
             cell = self._inputs[row] if row < len(self._inputs) else None
             if cell is None:
                 continue
+            if not first:  # one new token per step: the state follows incrementally
+                self._generated[row].append(token)
             if not self._queue[row]:
-                self._plan(row, token, cell, input_ids[row, self._start:], scores)
-            if self._queue[row]:
-                keep = self._queue[row].pop(0)
+                self._plan(row, token, cell)
+        if self._barred is not None:  # reasoning rows may cite only their cell's genes (and label words)
+            reasoning = torch.tensor([not a for a in self._in_answer], device=scores.device)[:, None]
+            scores.masked_fill_(self._barred[: scores.shape[0]].to(scores.device) & reasoning, float("-inf"))
+        for row, queue in enumerate(self._queue):
+            if queue:
+                keep = queue.pop(0)
                 value = scores[row, keep].clone()
                 scores[row, :] = float("-inf")
                 scores[row, keep] = value if value > float("-inf") else 0.0
         return scores
 
-    def _plan(self, row: int, token: int, cell: InputCell, generated: Any, scores: Any) -> None:
-        """Queue what to copy next in ``row`` (or bar genes), from the text generated so far."""
-        ids = generated.tolist()
-        if any(t in self.answer_ids for t in ids):  # the answer: copy the conclusion, once
-            if token in self.answer_ids and not self._answered[row] and cell.labels:
-                self._answered[row] = True
-                label = _concluded(self.tokenizer.decode(ids, skip_special_tokens=True), cell.labels)
-                if label is not None and (tokens := self._answer_tokens(label)):
-                    self._queue[row] = tokens
-                    self.answers_copied += 1
+    def _plan(self, row: int, token: int, cell: InputCell) -> None:
+        """Queue what to copy next in ``row``, from the text generated so far."""
+        ids = self._generated[row]
+        if self._in_answer[row]:
             return
-        if self._barred[row] is not None:
-            scores[row, self._barred[row].to(scores.device)] = float("-inf")
+        if token in self.answer_ids and ids:  # the answer opens: copy the conclusion, once
+            self._in_answer[row] = True
+            label = _concluded(self.tokenizer.decode(ids, skip_special_tokens=True), cell.labels) if cell.labels else None
+            if label is not None and (tokens := self._answer_tokens(label)):
+                self._queue[row] = tokens
+                self.answers_copied += 1
+            return
         if cell.frequency is not None and token in self.frequency_cue_ids and cell.labels:
             self._plan_frequency(row, cell, ids)
             return
@@ -162,7 +176,6 @@ class CopyRanks:
             if found and found.group("gene") in ranks:
                 self._queue[row] = self.tokenizer.encode(f" {ranks[found.group('gene')]}", add_special_tokens=False)
                 self.forced += 1
-
 
     def _plan_frequency(self, row: int, cell: InputCell, ids: list[int]) -> None:
         """``among X training cells`` -> the share of X's training cells with the gene; ``among others`` -> the rest."""
