@@ -34,6 +34,9 @@ from typing import Any
 from cellduality.errors import CellDualityError
 
 MARKER = ".cellduality-output.json"
+LOCK = ".cellduality-lock"
+"""Held (``pid``) by a resumable run while it writes its folder: a second run into the same folder
+is refused with one line instead of both writing the same stage files."""
 """Written into every output folder; names the command that wrote it (and a run fingerprint)."""
 
 
@@ -196,13 +199,55 @@ def claim_resumable_dir(out: str | os.PathLike[str], command: str, *,
                         inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path:
     """For commands that resume by re-running into the same folder (quickstart, benchmark): check and mark it."""
     path = check_output_dir(out, command, inputs=inputs, resume=True)
-    if read_marker(path) is None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock_run(path, command)
+        if read_marker(path) is None:
             write_marker(path, command)
-        except OSError as exc:
-            raise _os_error(exc, path) from None
+    except OSError as exc:
+        raise _os_error(exc, path) from None
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def lock_run(folder: Path, command: str) -> None:
+    """Take ``folder``'s :data:`LOCK` for this process (released at exit); refuse when a live run holds it.
+
+    A lock left by a run that died (its process is gone) is taken over: ``--resume``-style re-runs
+    after a crash or Ctrl-C must keep working.
+    """
+    import atexit
+
+    lock = folder / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise CellDualityError(
+                    f"Output {folder} is being written by another `cellduality {command}` run (process {holder}); "
+                    "wait for it to finish or choose another folder.") from None
+            lock.unlink(missing_ok=True)  # stale: its run is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        atexit.register(lambda: lock.unlink(missing_ok=True) if lock.is_file() and
+                        lock.read_text().strip() == str(os.getpid()) else None)
+        return
+    raise CellDualityError(f"Could not lock output {folder}; another run keeps claiming it. Choose another folder.")
 
 
 def check_output_file(out: str | os.PathLike[str], *, suffix: str, inputs: Iterable[str | os.PathLike[str] | None] = (),
@@ -265,7 +310,7 @@ def atomic_dir(out: str | os.PathLike[str], command: str) -> Iterator[Path]:
 
 def has_content(folder: Path) -> bool:
     """Whether ``folder`` holds anything besides our marker (a folder with only the marker counts as empty)."""
-    return folder.is_dir() and any(p.name != MARKER for p in folder.iterdir())
+    return folder.is_dir() and any(p.name not in (MARKER, LOCK) for p in folder.iterdir())
 
 
 def foreign_entries(folder: Path) -> list[str]:
@@ -273,7 +318,7 @@ def foreign_entries(folder: Path) -> list[str]:
     marker = read_marker(folder) or {}
     if "files" not in marker:
         return []
-    return sorted({p.name for p in folder.iterdir()} - set(marker["files"]) - {MARKER, ".stage_done.json"})
+    return sorted({p.name for p in folder.iterdir()} - set(marker["files"]) - {MARKER, LOCK, ".stage_done.json"})
 
 
 def _refuse_foreign(out: Path, command: str) -> None:
