@@ -141,14 +141,15 @@ def prompt_cell_reader(tasks: Mapping[str, Task],
     """
     from cellduality.models.copy_ranks import InputCell
 
+    labels = {name: [task.render_answer(a) for a in task.answer_candidates()] if task.kind == "classification" else []
+              for name, task in tasks.items()}  # once, not per prompt
+    frequency = {name: profiles.frequency_of for name, profiles in (knowledge or {}).items()}
+
     def cell_of(prompt: str) -> InputCell | None:
-        for task in tasks.values():
+        for name, task in tasks.items():
             cell, _ = task.claim_cells(prompt, "")
             if cell:
-                labels = [task.render_answer(a) for a in task.answer_candidates()] if task.kind == "classification" else []
-                profiles = (knowledge or {}).get(task.name)
-                frequency = (lambda gene, label, p=profiles: p.frequency_of(gene, label)) if profiles else None
-                return InputCell(cell, task.cites_input_genes_only, labels, frequency)
+                return InputCell(cell, task.cites_input_genes_only, labels[name], frequency.get(name))
         return None
 
     return cell_of
@@ -240,8 +241,8 @@ class _Checker:
         self.text = reasoning
         self.ctx = ctx
         self.claims: list[Claim] = []
-        self.ranks = _ranks(ctx.cell)
-        self.after = _ranks(ctx.after)
+        self.ranks = cell_ranks(ctx.cell)
+        self.after = cell_ranks(ctx.after)
         labels = list(ctx.labels) or (list(ctx.knowledge.labels) if ctx.knowledge is not None else [])
         self.labels = labels
         self.label_re = _label_pattern(labels)
@@ -393,7 +394,8 @@ def concluded_label(reasoning: str, labels: Sequence[str]) -> str | None:
     return None if last is None else _canonical(last.group("label"), labels)
 
 
-def _ranks(cell: Sequence[str] | None) -> dict[str, int]:
+def cell_ranks(cell: Sequence[str] | None) -> dict[str, int]:
+    """``{gene: rank}`` (from 1) of a cell sentence, each gene at its first occurrence."""
     ranks: dict[str, int] = {}
     for gene in cell or ():
         ranks.setdefault(str(gene), len(ranks) + 1)

@@ -34,10 +34,10 @@ from typing import Any
 from cellduality.errors import CellDualityError
 
 MARKER = ".cellduality-output.json"
+"""Written into every output folder; names the command that wrote it (and a run fingerprint)."""
 LOCK = ".cellduality-lock"
 """Held (``pid``) by a resumable run while it writes its folder: a second run into the same folder
 is refused with one line instead of both writing the same stage files."""
-"""Written into every output folder; names the command that wrote it (and a run fingerprint)."""
 
 
 # --------------------------------------------------------------------------------------------

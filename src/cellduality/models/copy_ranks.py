@@ -27,6 +27,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cellduality.faithfulness import cell_ranks, concluded_label
+from cellduality.models.tokenizer import single_token_ids
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
@@ -57,12 +60,6 @@ _FREQ_OUTSIDE_CUE = re.compile(_CLAIM_OPEN + _LABEL_CELLS + r"\s+\d+\s*%\s*,\s*(
 _CLAIM_TAIL_TOKENS = 40
 
 
-def _one_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> set[int]:
-    """Ids of the one-token spellings of ``text``, bare and space-prefixed."""
-    ids = (tokenizer.encode(variant, add_special_tokens=False) for variant in (text, f" {text}"))
-    return {found[0] for found in ids if len(found) == 1}
-
-
 class CopyRanks:
     """A logits processor: stated ranks copied from the input cell, the answer from the conclusion.
 
@@ -77,16 +74,16 @@ class CopyRanks:
         self.tokenizer = tokenizer
         self.gene_ids: dict[str, set[int]] = {}
         for gene in genes:
-            if ids := _one_token_ids(tokenizer, gene):
+            if ids := set(single_token_ids(tokenizer, gene)):
                 self.gene_ids[gene] = ids
         label_ids = {i for label in labels for i in tokenizer.encode(f" {label}", add_special_tokens=False)}
         self._gene_tokens = sorted({i for ids in self.gene_ids.values() for i in ids} - label_ids)
-        self.rank_ids = _one_token_ids(tokenizer, "rank")
+        self.rank_ids = set(single_token_ids(tokenizer, "rank"))
         cue_words = ("cells", "others", "elsewhere")  # a frequency is copied right after one of these
         self.frequency_cue_ids = {i for i in range(len(tokenizer)) if (piece := tokenizer.decode([i]).strip())
                                   and any(w.endswith(piece) for w in cue_words)}  # also the last piece of a split word
         self.frequencies_copied = 0
-        self.answer_ids = _one_token_ids(tokenizer, "<answer>")
+        self.answer_ids = set(single_token_ids(tokenizer, "<answer>"))
         self.forced = 0
         self.answers_copied = 0
         self._inputs: list[InputCell | None] = []
@@ -106,8 +103,7 @@ class CopyRanks:
         import torch
 
         self._inputs = list(cells)
-        self._ranks = [None if not c or not c.genes else {g: r for r, g in reversed(list(enumerate(c.genes, 1)))}
-                       for c in cells]
+        self._ranks = [cell_ranks(c.genes) if c and c.genes else None for c in cells]
         self._barred = None  # [rows, vocab] True where a gene may not be cited (rows that cite only their cell)
         restricted = [i for i, c in enumerate(cells) if c is not None and c.cite_only_these]
         if restricted and self._gene_tokens:
@@ -119,7 +115,7 @@ class CopyRanks:
                     self._barred[i, allowed] = False
         self._queue = [[] for _ in cells]
         self._in_answer = [False for _ in cells]
-        self._generated: list[list[int]] = [[] for _ in cells]
+        self._generated = [[] for _ in cells]
         self._start = None
 
     def _answer_tokens(self, label: str) -> list[int]:
@@ -134,6 +130,8 @@ class CopyRanks:
         first = self._start is None
         if first:
             self._start = input_ids.shape[1]
+            if self._barred is not None:  # once per batch, not once per step
+                self._barred = self._barred[: scores.shape[0]].to(scores.device)
         last = input_ids[:, -1].tolist()
         for row, token in enumerate(last):
             cell = self._inputs[row] if row < len(self._inputs) else None
@@ -145,7 +143,7 @@ class CopyRanks:
                 self._plan(row, token, cell)
         if self._barred is not None:  # reasoning rows may cite only their cell's genes (and label words)
             reasoning = torch.tensor([not a for a in self._in_answer], device=scores.device)[:, None]
-            scores.masked_fill_(self._barred[: scores.shape[0]].to(scores.device) & reasoning, float("-inf"))
+            scores.masked_fill_(self._barred & reasoning, float("-inf"))
         for row, queue in enumerate(self._queue):
             if queue:
                 keep = queue.pop(0)
@@ -195,7 +193,5 @@ class CopyRanks:
 
 
 def _concluded(text: str, labels: Sequence[str]) -> str | None:
-    from cellduality.faithfulness import concluded_label
-
     reasoning = text.split("</think>")[0]
     return concluded_label(reasoning, labels)

@@ -15,19 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from cellduality.models.copy_ranks import CellOf, CopyRanks
 from cellduality.models.loading import format_prompt
+from cellduality.models.tokenizer import single_token_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-def _single_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> dict[int, str]:
-    """Ids of the one-token spellings of ``text`` (bare and space-prefixed), mapped to ``text``."""
-    out = {}
-    for variant in (text, f" {text}"):
-        ids = tokenizer.encode(variant, add_special_tokens=False)
-        if len(ids) == 1:
-            out[ids[0]] = text
-    return out
 
 
 class UniqueAnswerGenes:
@@ -43,12 +34,12 @@ class UniqueAnswerGenes:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, genes: Iterable[str]) -> None:
         self.gene_of: dict[int, str] = {}
         for gene in genes:
-            self.gene_of.update(_single_token_ids(tokenizer, gene))
+            self.gene_of.update(single_token_ids(tokenizer, gene))
         self.ids_of: dict[str, list[int]] = {}
         for token, gene in self.gene_of.items():
             self.ids_of.setdefault(gene, []).append(token)
-        self.open_ids = set(_single_token_ids(tokenizer, "<answer>"))
-        self.close_ids = set(_single_token_ids(tokenizer, "</answer>"))
+        self.open_ids = set(single_token_ids(tokenizer, "<answer>"))
+        self.close_ids = set(single_token_ids(tokenizer, "</answer>"))
         self._start: int | None = None
         self._state: list[tuple[bool, set[str]]] = []
 
@@ -92,9 +83,9 @@ class RequireReasoning:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.open_ids = list(_single_token_ids(tokenizer, "<think>"))
+        self.open_ids = list(single_token_ids(tokenizer, "<think>"))
         blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
-        self.banned = sorted(set(blank) | set(_single_token_ids(tokenizer, "</think>")))
+        self.banned = sorted(set(blank) | set(single_token_ids(tokenizer, "</think>")))
 
     @property
     def active(self) -> bool:

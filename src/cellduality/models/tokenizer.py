@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
@@ -146,3 +146,16 @@ def build_tokenizer(
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
     )
+
+
+def single_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> dict[int, str]:
+    """Ids of the one-token spellings of ``text`` (bare and space-prefixed), mapped to ``text``.
+
+    Logits processors act on these ids; a text the tokenizer splits has none (they degrade to a no-op).
+    """
+    out = {}
+    for variant in (text, f" {text}"):
+        ids = tokenizer.encode(variant, add_special_tokens=False)
+        if len(ids) == 1:
+            out[ids[0]] = text
+    return out
