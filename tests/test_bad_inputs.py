@@ -324,6 +324,23 @@ def test_resume_fingerprint_names_the_difference(tmp_path):
         check_fingerprint(tmp_path, {"settings": {"max_steps": 9, "lr": 1e-3}}, resume=True)
 
 
+def test_a_late_rank_does_not_refuse_rank_0s_fresh_folder(tmp_path, monkeypatch):
+    """Under torchrun rank 0 may have created checkpoints/ and the marker before rank 1 checks OUT:
+    rank 1 must not take them for someone else's run (CI once failed so); rank 0 still refuses."""
+    from cellduality.errors import CellDualityError
+    from cellduality.outputs import record_fingerprint
+    from cellduality.training.common import prepare_output_dir
+
+    out = tmp_path / "grpo"
+    (out / "checkpoints").mkdir(parents=True)
+    record_fingerprint(out, {"settings": {"lr": 1}}, "grpo")
+    monkeypatch.setenv("RANK", "1")
+    assert prepare_output_dir(out, False, "cellduality grpo", fingerprint={"settings": {"lr": 1}}) is None
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(CellDualityError, match="already holds"):
+        prepare_output_dir(out, False, "cellduality grpo", fingerprint={"settings": {"lr": 1}})
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_read_only_parent_is_refused_before_work(world, tmp_path, capsys):
     locked = tmp_path / "locked"

@@ -115,11 +115,19 @@ def prepare_output_dir(out_dir: str | os.PathLike[str], resume: bool, command: s
     given to ``grpo``) and only with the same ``fingerprint`` (inputs + settings); with no
     checkpoint yet, training starts from scratch. The caller stores the fingerprint with
     :func:`cellduality.outputs.record_fingerprint` once its model loaded (a bad model leaves no folder).
+
+    Under ``torchrun``/``accelerate launch`` only rank 0 applies the policy: the other ranks reach
+    this point at their own pace, and by then rank 0's trainer may already have created
+    ``checkpoints/`` or the marker, which they would take for someone else's run (seen in CI as
+    a refused rank 1). A refusal on rank 0 ends the launch; the launcher stops the
+    other ranks. They only read the checkpoint to resume from, which no rank writes before training.
     """
     from cellduality.outputs import check_fingerprint, check_output_dir
 
-    name = command.removeprefix("cellduality ")
     out = Path(out_dir)
+    if not is_main_process():
+        return last_checkpoint(out) if resume else None
+    name = command.removeprefix("cellduality ")
     check_output_dir(out, name, inputs=inputs, resume=resume)
     checkpoint = last_checkpoint(out)
     if not resume and (checkpoint is not None or (out / INFO_FILE).is_file()):

@@ -495,7 +495,8 @@ def run_grpo(
         callbacks=[step_callback, *(callbacks or [])],
     )
     trainer.clock = clock
-    record_fingerprint(out, fingerprint, "grpo")
+    if trainer.accelerator.is_main_process:  # one writer; the other ranks skipped the output policy
+        record_fingerprint(out, fingerprint, "grpo")
     use_rich_progress(trainer)
     if isinstance(reward, DualLikelihoodReward):
         reward.score = policy_score_fn(trainer, tokenizer)

@@ -298,7 +298,8 @@ def run_sft(
     fingerprint = run_fingerprint({"sft_data": sft_path}, settings.model_dump(mode="json"))
     checkpoint = prepare_output_dir(out, resume, inputs=(sft_path,), fingerprint=fingerprint)
     trainer = build_sft_trainer(sft_path, out, settings, checkpoint, callbacks)
-    record_fingerprint(out, fingerprint, "sft")
+    if trainer.accelerator.is_main_process:  # one writer; the other ranks skipped the output policy
+        record_fingerprint(out, fingerprint, "sft")
     tokenizer = trainer.processing_class
     use_rich_progress(trainer)
     started = time.perf_counter()
