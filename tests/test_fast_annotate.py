@@ -21,7 +21,11 @@ def _reference(mdl, prompts, prefixes, candidates):
     return np.array([s.logprob for s in full]).reshape(len(prompts), len(candidates))
 
 
-def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model):
+@pytest.mark.parametrize("trie", [True, False], ids=["trie", "one-call-per-candidate"])
+def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatch, trie):
+    from cellduality.models import candidates as module
+
+    monkeypatch.setattr(module, "_takes_custom_masks", lambda model: trie)
     mdl, prompts = tiny_model
     task = mdl.task("annotation")
     prompts = prompts[:7] + [prompts[0][:80]]  # unequal lengths: left padding must not change a score
@@ -36,6 +40,16 @@ def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model):
     mdl.model.train()  # scoring runs in eval mode and restores the caller's mode
     score_candidates(mdl.model, mdl.tokenizer, prompts[:2], prefixes[:2], candidates)
     assert mdl.model.training
+
+
+def test_candidate_trie_shares_label_prefixes():
+    from cellduality.models.candidates import CandidateTree
+
+    tree = CandidateTree.build([[5, 6, 9], [5, 7, 9], [8, 9], [4]])
+    assert tree.tokens == [5, 6, 7, 8] and tree.depths == [0, 1, 1, 0]  # the shared [5] runs once
+    first, second = tree.paths[0], tree.paths[1]
+    assert first[0] == second[0] and first[1] != second[1] and tree.paths[3] == []
+    assert tree.sees[first[1], first[0]] and not tree.sees[first[1], second[1]]  # its ancestor, not a sibling
 
 
 def test_answer_split_rebuilds_the_response():
