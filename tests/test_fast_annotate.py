@@ -21,12 +21,22 @@ def _reference(mdl, prompts, prefixes, candidates):
     return np.array([s.logprob for s in full]).reshape(len(prompts), len(candidates))
 
 
-@pytest.mark.parametrize("trie", [True, False], ids=["trie", "one-call-per-candidate"])
-def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatch, trie):
+@pytest.mark.parametrize("route", ["trie-sdpa", "trie-eager", "one-call-per-candidate"])
+def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatch, route):
     from cellduality.models import candidates as module
 
-    monkeypatch.setattr(module, "_takes_custom_masks", lambda model: trie)
     mdl, prompts = tiny_model
+    original = mdl.model.config._attn_implementation
+    monkeypatch.setattr(module, "_takes_custom_masks", lambda model: route.startswith("trie"))
+    if route == "trie-eager":  # eager attention adds the 4D mask to its scores: it must be additive
+        mdl.model.set_attn_implementation("eager")
+    try:
+        _check_against_reference(mdl, prompts)
+    finally:
+        mdl.model.set_attn_implementation(original)
+
+
+def _check_against_reference(mdl, prompts):
     task = mdl.task("annotation")
     prompts = prompts[:7] + [prompts[0][:80]]  # unequal lengths: left padding must not change a score
     prefix, lead, tail = answer_split("")

@@ -200,7 +200,9 @@ def _tree_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any, tr
     pos = last_pos + 1 + torch.tensor(tree.depths, dtype=torch.long, device=device)
     sees = torch.as_tensor(tree.sees, device=device)
     allowed = torch.cat([mask.bool()[:, None, :].expand(b, n, width), sees.expand(b, n, n)], dim=-1)[:, None]
-    logits = model(input_ids=tokens, attention_mask=allowed, position_ids=pos, use_cache=True,
+    dtype = next(model.parameters()).dtype  # additive: eager attention adds the mask to its scores
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    logits = model(input_ids=tokens, attention_mask=additive, position_ids=pos, use_cache=True,
                    **{kw: cache}).logits.float()
     logp = torch.log_softmax(logits, dim=-1)  # [b, nodes, V]
     totals = torch.zeros((b, len(cand_ids)), dtype=logp.dtype, device=device)
