@@ -5,7 +5,8 @@
 
 Prints, for one process on ``--threads`` CPU threads (or the GPU when there is one):
 * cells/s of ``cellduality.inference.annotate`` end to end (sentences, label ranking, columns)
-  with the default fast path: labels by likelihood, no reasoning;
+  with the default fast path: labels by likelihood, no reasoning; and its ceiling, the prompt
+  pass alone (as if scoring the candidate labels cost nothing);
 * cells/s with reasoning written for every cell (``explain=True``) on the first
   ``--reasoning-cells`` cells;
 * agreement of the fast labels with the *full path* on the first ``--full-cells`` cells: greedy
@@ -79,6 +80,9 @@ def main() -> None:
     print(f"labels + confidence: {adata.n_obs / seconds:.1f} cells/s ({adata.n_obs} cells in {seconds:.1f} s; "
           f"answer-only form used: {fast.uns['cellduality']['annotation']['answer_only']})")
 
+    ceiling = prompt_pass_rate(mdl, task, fast, batch_size=32)
+    print(f"ceiling: the answer-only prompt pass alone (no candidates, batch 32) {ceiling:.1f} cells/s")
+
     sub = adata[: args.reasoning_cells].copy()
     t = time.perf_counter()
     explained = annotate(sub, mdl, explain=True, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -118,6 +122,25 @@ def main() -> None:
               f"path {agree_mixed:.1%} of {n} cells")
     mean = lambda values: f"{values.mean():.2f}" if len(values) else "-"  # noqa: E731
     print(f"mean confidence: {mean(conf)} (agreeing cells {mean(conf[hit])}, disagreeing {mean(conf[~hit])})")
+
+
+def prompt_pass_rate(mdl, task, annotated, batch_size: int) -> float:
+    """Cells/s of one forward pass over each cell's answer-only prompt, keeping one logit: what
+    labels + confidence would cost if scoring the candidates were free (its ceiling)."""
+    import torch
+
+    from cellduality.models import format_prompt
+    from cellduality.tasks.base import direct_prompt
+
+    prompts = [format_prompt(mdl.tokenizer, direct_prompt(task.primal_prompt(ex)))
+               for ex in _examples(annotated, mdl, task)]
+    device = next(mdl.model.parameters()).device
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            batch = mdl.tokenizer(text=prompts[i:i + batch_size], padding=True, return_tensors="pt").to(device)
+            mdl.model(**batch, logits_to_keep=1)
+    return len(prompts) / (time.perf_counter() - start)
 
 
 def _examples(adata, mdl, task):
