@@ -80,7 +80,8 @@ def main() -> None:
     print(f"labels + confidence: {adata.n_obs / seconds:.1f} cells/s ({adata.n_obs} cells in {seconds:.1f} s; "
           f"answer-only form used: {fast.uns['cellduality']['annotation']['answer_only']})")
 
-    ceiling = prompt_pass_rate(mdl, task, fast, batch_size=32)
+    examples = _examples(fast, mdl, task)  # the examples annotate built, for the ceiling and the full path
+    ceiling = prompt_pass_rate(mdl, task, examples, batch_size=32)
     print(f"ceiling: the answer-only prompt pass alone (no candidates, batch 32) {ceiling:.1f} cells/s")
 
     sub = adata[: args.reasoning_cells].copy()
@@ -91,7 +92,7 @@ def main() -> None:
     print(f"reasoning for every cell: {sub.n_obs / seconds:.1f} cells/s ({sub.n_obs} cells in {seconds:.1f} s)")
 
     n = min(args.full_cells, adata.n_obs)
-    prompts = [task.primal_prompt(ex) for ex in _examples(fast[:n], mdl, task)]
+    prompts = [task.primal_prompt(ex) for ex in examples[:n]]
     t = time.perf_counter()
     full = full_path_labels(mdl, task, prompts, args.batch_size, args.max_new_tokens)
     seconds = time.perf_counter() - t
@@ -124,7 +125,7 @@ def main() -> None:
     print(f"mean confidence: {mean(conf)} (agreeing cells {mean(conf[hit])}, disagreeing {mean(conf[~hit])})")
 
 
-def prompt_pass_rate(mdl, task, annotated, batch_size: int) -> float:
+def prompt_pass_rate(mdl, task, examples, batch_size: int) -> float:
     """Cells/s of one forward pass over each cell's answer-only prompt, keeping one logit: what
     labels + confidence would cost if scoring the candidates were free (its ceiling)."""
     import torch
@@ -133,7 +134,7 @@ def prompt_pass_rate(mdl, task, annotated, batch_size: int) -> float:
     from cellduality.tasks.base import direct_prompt
 
     prompts = [format_prompt(mdl.tokenizer, direct_prompt(task.primal_prompt(ex)))
-               for ex in _examples(annotated, mdl, task)]
+               for ex in examples]
     device = next(mdl.model.parameters()).device
     start = time.perf_counter()
     with torch.no_grad():

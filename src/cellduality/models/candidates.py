@@ -87,6 +87,8 @@ def score_candidates(
     device = next(model.parameters()).device
     if max_tokens_per_batch is None:
         max_tokens_per_batch = 16384 if device.type == "cuda" else 4096
+    # one trie for every batch; kernels without 4D masks run one call per candidate instead
+    tree = CandidateTree.build(cand_ids) if _takes_custom_masks(model) else None
     out_c = np.zeros((n, k))
     out_p = np.zeros(n)
     was_training = model.training
@@ -94,8 +96,8 @@ def score_candidates(
         model.eval()
         with torch.no_grad():
             for rows in length_batches([len(seq) for seq in seqs], max_tokens_per_batch):
-                _score_batch(model, [seqs[i] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids, pad,
-                             device, out_c, out_p, rows)
+                _score_batch(model, [seqs[i] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids, tree,
+                             pad, device, out_c, out_p, rows)
                 if on_batch is not None:
                     on_batch(len(rows))
     finally:
@@ -149,8 +151,9 @@ def _takes_custom_masks(model: Any) -> bool:
     return getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
 
 
-def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_ids: list[list[int]], pad: int,
-                 device: Any, out_c: np.ndarray, out_p: np.ndarray, rows: list[int]) -> None:
+def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_ids: list[list[int]],
+                 tree: CandidateTree | None, pad: int, device: Any, out_c: np.ndarray, out_p: np.ndarray,
+                 rows: list[int]) -> None:
     """One left-padded prompt pass with the cache, then every candidate's remaining tokens in one pass."""
     import torch
     from transformers import DynamicCache
@@ -176,8 +179,8 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_id
     first = logp[:, -1]
     totals = torch.stack([first[:, cand[0]] for cand in cand_ids], dim=1)  # [b, candidates]
     if any(len(cand) > 1 for cand in cand_ids):
-        if _takes_custom_masks(model):
-            totals += _tree_logprobs(model, cache, kw, mask, positions[:, -1:], CandidateTree.build(cand_ids), cand_ids)
+        if tree is not None:
+            totals += _tree_logprobs(model, cache, kw, mask, positions[:, -1:], tree, cand_ids)
         else:
             totals += _sequential_logprobs(model, cache, kw, mask, positions[:, -1:], cand_ids)
     out_c[rows] = totals.cpu().numpy()
