@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Speed check of the whole method on an offline one-GPU machine (issue #15), within ~8 minutes:
 # Kang 2018 sentences -> tasks (annotation + generation) -> offline teacher -> SFT `base` ->
-# GRPO with the duality reward (likelihood) and with the oracle -> evaluate (annotation) ->
+# GRPO with the duality reward (likelihood) and with the oracle -> evaluate (annotation, generation) ->
 # annotate (fast path). Prints SFT tokens/s, GRPO s/step with its breakdown, evaluation
 # examples/s and annotate cells/s; each stage's metrics are copied into $OUT as soon as they exist,
 # so a run cut off at its limit still returns what it finished.
@@ -81,17 +81,20 @@ print(f"GRPO {mode} ({prompts} x G={g}): {t['seconds_per_step']:.2f} s/step, rew
 EOF
 done
 
-stage evaluate "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval" --task annotation \
-  --max-examples "$EVAL_N" --no-baselines --batch-size 64
-cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json"
-python3 - "$OUT/eval_metrics.json" "$OUT/evaluate.seconds" <<'EOF'
+for task in annotation generation; do
+  stage "evaluate_$task" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$task" --task "$task" \
+    --max-examples "$EVAL_N" --no-baselines --batch-size 64
+  cp "$WORK/eval_$task/metrics.json" "$OUT/eval_${task}_metrics.json"
+  python3 - "$OUT/eval_${task}_metrics.json" "$OUT/evaluate_$task.seconds" "$task" <<'EOF2'
 import json, sys
-m, seconds = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read())
-n = m["annotation"].get("n", m["annotation"].get("examples"))
-acc = m["annotation"]["accuracy"]
-print(f"evaluate (annotation, generated answers, with start-up): {seconds:.1f} s"
-      + (f", {n / seconds:.1f} examples/s" if n else "") + f"; accuracy {acc:.3f}")
-EOF
+m, seconds, task = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read()), sys.argv[3]
+r = m[task]
+n = int(r.get("n") or 0)
+main = {k: r[k] for k in ("accuracy", "macro_f1", "valid_rate", "knn@10") if r.get(k) is not None}
+print(f"evaluate {task} (generated answers, start-up included): {seconds:.1f} s for {n} examples, "
+      f"{n / seconds:.1f} examples/s; " + ", ".join(f"{k} {v:.3f}" for k, v in main.items()))
+EOF2
+done
 
 CELLS=()
 [ -n "$ANNOTATE_CELLS" ] && CELLS=(--cells "$ANNOTATE_CELLS")
