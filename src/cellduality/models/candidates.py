@@ -88,16 +88,24 @@ def score_candidates(
     if max_tokens_per_batch is None:
         max_tokens_per_batch = 16384 if device.type == "cuda" else 4096
     # one trie for every batch; kernels without 4D masks run one call per candidate instead
-    tree = CandidateTree.build(cand_ids) if _takes_custom_masks(model) else None
+    custom_masks = _takes_custom_masks(model)
+    tree = CandidateTree.build(cand_ids) if custom_masks else None
+    # the tokens every prompt starts with (instruction, candidate list) run once, not once per row;
+    # each row keeps at least its last prompt token and its prefix, whose logits are read
+    shared = _common_length(seqs) if custom_masks and n > 1 else 0
+    shared = min([shared] + [len(seq) - len(q) - 1 for seq, q in zip(seqs, prefix_ids, strict=True)])
+    if shared < MIN_SHARED_TOKENS:
+        shared = 0
     out_c = np.zeros((n, k))
     out_p = np.zeros(n)
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            for rows in length_batches([len(seq) for seq in seqs], max_tokens_per_batch):
-                _score_batch(model, [seqs[i] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids, tree,
-                             pad, device, out_c, out_p, rows)
+            head = _SharedHead.run(model, seqs[0][:shared], device) if shared else None
+            for rows in length_batches([len(seq) - shared for seq in seqs], max_tokens_per_batch):
+                _score_batch(model, [seqs[i][shared:] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids,
+                             tree, pad, device, out_c, out_p, rows, head)
                 if on_batch is not None:
                     on_batch(len(rows))
     finally:
@@ -146,6 +154,51 @@ class CandidateTree:
         return cls(tokens, depths, sees, paths)
 
 
+MIN_SHARED_TOKENS = 8
+"""A common prompt head shorter than this is run with each row (not worth a separate pass)."""
+
+
+def _common_length(seqs: Sequence[list[int]]) -> int:
+    """Number of leading tokens all ``seqs`` share."""
+    first = seqs[0]
+    length = min(len(seq) for seq in seqs)
+    for seq in seqs[1:]:
+        i = 0
+        while i < length and seq[i] == first[i]:
+            i += 1
+        length = i
+        if not length:
+            break
+    return length
+
+
+@dataclass
+class _SharedHead:
+    """The KV cache of the tokens every prompt of a call starts with, computed once (batch of 1)."""
+
+    length: int
+    layers: list[tuple[Any, Any]]  # per layer: keys, values [1, heads, length, dim]
+
+    @classmethod
+    def run(cls, model: Any, ids: list[int], device: Any) -> _SharedHead:
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True, logits_to_keep=1,
+              **{_cache_kwarg(model): cache})
+        return cls(len(ids), [(layer.keys, layer.values) for layer in cache.layers])
+
+    def cache_for(self, batch: int) -> Any:
+        """A fresh cache holding the head once per row (rows extend it independently)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (keys, values) in enumerate(self.layers):
+            cache.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), i)
+        return cache
+
+
 def _takes_custom_masks(model: Any) -> bool:
     """Whether the attention accepts a 4D mask (eager/SDPA do; flash-attention kernels do not)."""
     return getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
@@ -153,8 +206,12 @@ def _takes_custom_masks(model: Any) -> bool:
 
 def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_ids: list[list[int]],
                  tree: CandidateTree | None, pad: int, device: Any, out_c: np.ndarray, out_p: np.ndarray,
-                 rows: list[int]) -> None:
-    """One left-padded prompt pass with the cache, then every candidate's remaining tokens in one pass."""
+                 rows: list[int], head: _SharedHead | None = None) -> None:
+    """One left-padded prompt pass with the cache, then every candidate's remaining tokens in one pass.
+
+    With a shared ``head``, ``seqs`` are the rows' own tokens after it: the padding sits between
+    the head and each row's tokens, masked out, and positions continue from the head's length.
+    """
     import torch
     from transformers import DynamicCache
 
@@ -165,9 +222,12 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_id
         ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[r, width - len(seq):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    skip = head.length if head is not None else 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
     keep = max(n_prefix) + 1  # logits predicting the prefix tokens and the first candidate token
-    cache = DynamicCache()
+    cache = head.cache_for(b) if head is not None else DynamicCache()
+    if head is not None:
+        mask = torch.cat([torch.ones((b, skip), dtype=mask.dtype, device=device), mask], dim=1)
     kw = _cache_kwarg(model)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep,
                    **{kw: cache}).logits.float()
