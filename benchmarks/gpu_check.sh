@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Speed check of the whole method on an offline one-GPU machine (issue #15), within ~8 minutes:
 # Kang 2018 sentences -> tasks (annotation + generation) -> offline teacher -> SFT `base` ->
-# GRPO with the duality reward (likelihood) and with the oracle -> evaluate (annotation, generation) ->
-# annotate (fast path). Prints SFT tokens/s, GRPO s/step with its breakdown, evaluation
+# evaluate (annotation, generation) -> annotate (fast path) -> GRPO with the duality reward
+# (likelihood) and with the oracle. Prints SFT tokens/s, GRPO s/step with its breakdown, evaluation
 # examples/s and annotate cells/s; each stage's metrics are copied into $OUT as soon as they exist,
 # so a run cut off at its limit still returns what it finished.
 #
@@ -65,25 +65,10 @@ print(f"SFT: {s['tokens_seen'] / s['wall_seconds']:,.0f} tokens/s ({s['steps']} 
       f"in {s['wall_seconds']:.1f} s of training, {s['parameters'] / 1e6:.1f}M parameters)")
 EOF
 
-GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
-          --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
-for mode in duality ground-truth; do
-  stage "grpo_$mode" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" --sft-model "$WORK/sft" --reward "$mode" \
-    "${GRPO_SET[@]}"
-  cp "$WORK/grpo_$mode/metrics.json" "$OUT/grpo_${mode}_metrics.json"
-  python3 - "$OUT/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
-import json, sys
-m, mode, prompts, g = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
-t = m["timing"]
-parts = ", ".join(f"{k} {v:.0%}" for k, v in t["fraction"].items() if v >= 0.005)
-print(f"GRPO {mode} ({prompts} x G={g}): {t['seconds_per_step']:.2f} s/step, reward {m['reward_time_fraction']:.1%} "
-      f"of the step (first step included; {t.get('steps_timed', '?')} steps) -- {parts}")
-EOF
-done
-
-for task in annotation generation; do
+EVAL_TASKS="${EVAL_TASKS-annotation generation}"
+for task in $EVAL_TASKS; do
   stage "evaluate_$task" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$task" --task "$task" \
-    --max-examples "$EVAL_N" --no-baselines --batch-size 64
+    --max-examples "$EVAL_N" --no-baselines --batch-size 64 ${EVAL_ARGS:-}
   cp "$WORK/eval_$task/metrics.json" "$OUT/eval_${task}_metrics.json"
   python3 - "$OUT/eval_${task}_metrics.json" "$OUT/evaluate_$task.seconds" "$task" <<'EOF2'
 import json, sys
@@ -101,4 +86,29 @@ CELLS=()
 stage annotate python3 benchmarks/bench_annotate.py --model "$WORK/sft" --data "$KANG" "${CELLS[@]}" \
   --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128
 grep -v "Warning" "$OUT/annotate.log" | tail -n 8
+GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
+          --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
+# GRPO_MODES="duality duality-static duality-cb": rollouts with a static KV cache (transformers then
+# compiles the decoding step on a GPU; TRL's `cache_implementation`) or with transformers' continuous
+# batching (TRL's `use_transformers_continuous_batching`), both passed through by `--set`
+for mode in ${GRPO_MODES:-duality ground-truth}; do
+  EXTRA=(); REWARD=$mode
+  case $mode in duality-*) REWARD=duality ;; esac
+  [ "$mode" = duality-static ] && EXTRA=(--set cache_implementation=static)
+  [ "$mode" = duality-cb ] && EXTRA=(--set use_transformers_continuous_batching=true)
+  stage "grpo_$mode" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" --sft-model "$WORK/sft" --reward "$REWARD" \
+    "${GRPO_SET[@]}" "${EXTRA[@]}"
+  cp "$WORK/grpo_$mode/metrics.json" "$OUT/grpo_${mode}_metrics.json"
+  python3 - "$OUT/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
+import json, sys
+m, mode, prompts, g = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
+t = m["timing"]
+parts = ", ".join(f"{k} {v:.0%}" for k, v in t["fraction"].items() if v >= 0.005)
+later = sorted(s["wall"] for s in m.get("steps", [])[1:])
+median = f", median after the first step {later[len(later) // 2]:.2f} s" if later else ""
+print(f"GRPO {mode} ({prompts} x G={g}): {t['seconds_per_step']:.2f} s/step{median}, reward "
+      f"{m['reward_time_fraction']:.1%} of the step (first step included; {t.get('steps_timed', '?')} steps) -- {parts}")
+EOF
+done
+
 date >> "$OUT/machine.txt"
