@@ -6,7 +6,7 @@
 Prints, for one process on ``--threads`` CPU threads (or the GPU when there is one):
 * cells/s of ``cellduality.inference.annotate`` end to end (sentences, label ranking, columns)
   with the default fast path: labels by likelihood, no reasoning; and its ceiling, the prompt
-  pass alone (as if scoring the candidate labels cost nothing);
+  pass with one candidate label (as if scoring the others cost nothing);
 * cells/s with reasoning written for every cell (``explain=True``) on the first
   ``--reasoning-cells`` cells;
 * agreement of the fast labels with the *full path* on the first ``--full-cells`` cells: greedy
@@ -78,11 +78,11 @@ def main() -> None:
     fast = annotate(adata, mdl, warn=print, min_overlap=0.0)  # speed, not a data check
     seconds = time.perf_counter() - t
     print(f"labels + confidence: {adata.n_obs / seconds:.1f} cells/s ({adata.n_obs} cells in {seconds:.1f} s; "
-          f"answer-only form used: {fast.uns['cellduality']['annotation']['answer_only']})")
+          f"answer-only form: {fast.uns['cellduality']['annotation'].get('answer_form')})")
 
     examples = _examples(fast, mdl, task)  # the examples annotate built, for the ceiling and the full path
-    ceiling = prompt_pass_rate(mdl, task, examples, batch_size=32)
-    print(f"ceiling: the answer-only prompt pass alone (no candidates, batch 32) {ceiling:.1f} cells/s")
+    ceiling = prompt_pass_rate(mdl, task, examples)
+    print(f"ceiling: the answer-only prompt pass with one candidate label instead of all {ceiling:.1f} cells/s")
 
     sub = adata[: args.reasoning_cells].copy()
     t = time.perf_counter()
@@ -125,22 +125,20 @@ def main() -> None:
     print(f"mean confidence: {mean(conf)} (agreeing cells {mean(conf[hit])}, disagreeing {mean(conf[~hit])})")
 
 
-def prompt_pass_rate(mdl, task, examples, batch_size: int) -> float:
-    """Cells/s of one forward pass over each cell's answer-only prompt, keeping one logit: what
-    labels + confidence would cost if scoring the candidates were free (its ceiling)."""
-    import torch
+def prompt_pass_rate(mdl, task, examples) -> float:
+    """Cells/s of the answer-only prompt pass with one candidate instead of all (its shared head
+    once, then each cell's tokens): what labels + confidence would cost if scoring the other
+    candidates were free (its ceiling)."""
+    from cellduality.inference.fast import answer_prompts, answer_split, taught_form
+    from cellduality.models.candidates import score_candidates
+    from cellduality.tasks.base import ANSWER_PROMPT
 
-    from cellduality.models import format_prompt
-    from cellduality.tasks.base import direct_prompt
-
-    prompts = [format_prompt(mdl.tokenizer, direct_prompt(task.primal_prompt(ex)))
-               for ex in examples]
-    device = next(mdl.model.parameters()).device
+    prompts = answer_prompts(task, taught_form(mdl.path, task.name) or ANSWER_PROMPT,
+                             [task.primal_prompt(ex) for ex in examples], [task.split(ex) for ex in examples])
+    prefix, lead, tail = answer_split("")
+    one = f"{lead}{task.render_answer(task.answer_candidates()[0])}{tail}"
     start = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
-            batch = mdl.tokenizer(text=prompts[i:i + batch_size], padding=True, return_tensors="pt").to(device)
-            mdl.model(**batch, logits_to_keep=1)
+    score_candidates(mdl.model, mdl.tokenizer, prompts, [prefix] * len(prompts), [one])
     return len(prompts) / (time.perf_counter() - start)
 
 

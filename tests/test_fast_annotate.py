@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from cellduality.inference.fast import answer_split, classify_fast, trained_direct
+from cellduality.inference.fast import answer_prompts, answer_split, classify_fast, taught_form
 from cellduality.models.candidates import score_candidates
 from cellduality.models.generation import RequireReasoning
 from cellduality.models.scoring import score_continuations
-from cellduality.tasks.base import direct_prompt, direct_response, format_response
+from cellduality.tasks.base import (
+    ANSWER_PROMPT,
+    PRIMAL_DIRECT,
+    direct_prompt,
+    direct_response,
+    format_response,
+)
 
 
 def _reference(mdl, prompts, prefixes, candidates):
@@ -21,11 +27,16 @@ def _reference(mdl, prompts, prefixes, candidates):
     return np.array([s.logprob for s in full]).reshape(len(prompts), len(candidates))
 
 
+@pytest.mark.parametrize("head", ["", "Possible types: CD14+ Monocyte, CD19+ B, CD34+, Dendritic.\nAnswer directly.\n"])
 @pytest.mark.parametrize("route", ["trie-sdpa", "trie-eager", "one-call-per-candidate"])
-def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatch, route):
+def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatch, route, head):
+    """Every route, with and without a head all prompts share (then run once, before the rows)."""
     from cellduality.models import candidates as module
 
     mdl, prompts = tiny_model
+    prompts = [head + p for p in prompts]
+    runs, run = [], module._SharedHead.run
+    monkeypatch.setattr(module._SharedHead, "run", lambda *a: runs.append(len(a[1])) or run(*a))
     original = mdl.model.config._attn_implementation
     monkeypatch.setattr(module, "_takes_custom_masks", lambda model: route.startswith("trie"))
     if route == "trie-eager":  # eager attention adds the 4D mask to its scores: it must be additive
@@ -34,6 +45,8 @@ def test_shared_prompt_pass_equals_one_sequence_per_label(tiny_model, monkeypatc
         _check_against_reference(mdl, prompts)
     finally:
         mdl.model.set_attn_implementation(original)
+    # the head ran once per call, as its own pass, only where it exists and the kernel takes 4D masks
+    assert bool(runs) == (bool(head) and route.startswith("trie")) and all(n >= 15 for n in runs)
 
 
 def _check_against_reference(mdl, prompts):
@@ -69,13 +82,27 @@ def test_answer_split_rebuilds_the_response():
     assert prefix + lead + "CD19+ B" + tail == direct_response("CD19+ B") and prefix == "<answer>"
 
 
-def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(tiny_model):
+def _cells(pbmc_task, n):
+    cells, task = pbmc_task
+    return [task.split(ex) for ex in task.make_examples(cells, range(30), seed=0)[:n]]  # the fixture's examples
+
+
+@pytest.mark.parametrize("form", [PRIMAL_DIRECT, ANSWER_PROMPT])
+def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(tiny_model, pbmc_task, monkeypatch,
+                                                                                form):
+    from cellduality.inference import fast
+
     mdl, prompts = tiny_model
     task = mdl.task("annotation")
+    cells = _cells(pbmc_task, 12)
+    monkeypatch.setattr(fast, "taught_form", lambda *a: form)  # what the model's files would say
     prefix, lead, tail = answer_split("")
-    direct = [direct_prompt(p) for p in prompts[:12]]  # the answer-only form has its own prompt
+    # the answer-only form has its own prompt: the primal one + the instruction, or the task's own
+    direct = ([direct_prompt(p) for p in prompts[:12]] if form == PRIMAL_DIRECT
+              else [task.answer_only_prompt(k, u) for k, u in cells])
     ref = _reference(mdl, direct, [prefix] * 12, [f"{lead}{lb}{tail}" for lb in task.context.labels])
-    result = classify_fast(task, mdl, prompts[:12], direct=True, explain_least_confident=3, max_new_tokens=24)
+    result = classify_fast(task, mdl, prompts[:12], cells, explain_least_confident=3, max_new_tokens=24)
+    assert result.info["answer_form"] == form
     assert result.explained.sum() == 3 and result.info["explained"] == 3
     fast = ~result.explained
     assert [task.context.labels[i] for i in ref.argmax(1)[fast]] == [lb for lb, f in zip(result.labels, fast,
@@ -87,16 +114,16 @@ def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(t
     assert all(r == "" for r, e in zip(result.reasoning, result.explained, strict=True) if not e)
 
 
-def test_a_model_without_answer_only_rows_warns_and_generates(tiny_model):
+def test_a_model_without_answer_only_rows_warns_and_generates(tiny_model, pbmc_task):
     mdl, prompts = tiny_model
     lines: list[str] = []
-    result = classify_fast(mdl.task("annotation"), mdl, prompts[:3], direct=False, max_new_tokens=8,
-                           warn=lines.append)
+    result = classify_fast(mdl.task("annotation"), mdl, prompts[:3], _cells(pbmc_task, 3), direct=False,
+                           max_new_tokens=8, warn=lines.append)
     assert len(lines) == 1 and "answer-only" in lines[0] and result.explained.all()
     assert set(result.labels) <= set(mdl.task("annotation").context.labels)
 
 
-def test_trained_direct_reads_the_summary_the_sft_data_or_the_parent(tmp_path):
+def test_taught_form_reads_the_summary_the_sft_data_or_the_parent(tmp_path):
     from datasets import Dataset, DatasetDict
 
     def model(name, **info):
@@ -105,17 +132,30 @@ def test_trained_direct_reads_the_summary_the_sft_data_or_the_parent(tmp_path):
         (folder / "cellduality.json").write_text(json.dumps(info))
         return folder
 
-    new = model("new", summary={"directions": {"primal": 5, "primal_direct": 5}})
-    old = model("old", summary={"directions": {"primal": 5, "dual_direct": 5}})
+    new = model("new", summary={"directions": {"primal/annotation": 5, f"{ANSWER_PROMPT}/annotation": 5}})
+    older = model("older", summary={"directions": {"primal/annotation": 5, f"{PRIMAL_DIRECT}/annotation": 5}})
+    none = model("none", summary={"directions": {"primal/annotation": 5, "dual_direct/annotation": 5}})
     data = tmp_path / "sft_data"
-    DatasetDict({"train": Dataset.from_list([{"direction": "primal_direct", "task": "annotation"}])}).save_to_disk(
+    DatasetDict({"train": Dataset.from_list([{"direction": PRIMAL_DIRECT, "task": "annotation"}])}).save_to_disk(
         str(data))
     legacy = model("legacy", sft_data=str(data))
     grpo = model("grpo", parent_model=str(legacy))
-    assert trained_direct(new, "annotation") is True and trained_direct(old, "annotation") is False
-    assert trained_direct(legacy, "annotation") is True and trained_direct(legacy, "sensitivity") is False
-    assert trained_direct(grpo, "annotation") is True
-    assert trained_direct(model("unknown"), "annotation") is None
+    assert taught_form(new, "annotation") == ANSWER_PROMPT and taught_form(older, "annotation") == PRIMAL_DIRECT
+    assert taught_form(none, "annotation") == "" and taught_form(new, "sensitivity") == ""
+    assert taught_form(legacy, "annotation") == PRIMAL_DIRECT and taught_form(legacy, "sensitivity") == ""
+    assert taught_form(grpo, "annotation") == PRIMAL_DIRECT
+    assert taught_form(model("unknown"), "annotation") is None
+
+
+def test_answer_prompts_follow_the_taught_form(tiny_model, pbmc_task):
+    """The default form is the primal prompt + the instruction; the opt-in one puts the shared head first."""
+    mdl, prompts = tiny_model
+    task, cells = mdl.task("annotation"), _cells(pbmc_task, 4)
+    assert answer_prompts(task, PRIMAL_DIRECT, prompts[:4], cells) == [direct_prompt(p) for p in prompts[:4]]
+    new = answer_prompts(task, ANSWER_PROMPT, prompts[:4], cells)
+    assert all(p.startswith("Candidate cell types: ") for p in new) and len(set(new)) == 4
+    with pytest.raises(ValueError, match="4 prompts but 3 cells"):
+        answer_prompts(task, ANSWER_PROMPT, prompts[:4], cells[:3])
 
 
 def test_require_reasoning_forbids_an_empty_think_block(tiny_model):

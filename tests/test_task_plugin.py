@@ -65,6 +65,16 @@ def test_a_plugin_task_runs_end_to_end(plugin, pbmc_small, tmp_path, capsys):
     cli(["teach", tmp_path / "t", tmp_path / "sft_data", "--n", 2, "--max-examples", 16], capsys)
     report = json.loads((tmp_path / "sft_data" / "teach_report.json").read_text())
     assert {r["task"] for r in report["acceptance"]} == {"condition"}
+    # no answer-only wording of its own: its answer-only rows are the primal prompt + the instruction
+    from datasets import load_from_disk
+
+    from cellduality.tasks.base import ANSWER_PROMPT, PRIMAL_DIRECT, direct_prompt
+
+    rows = list(load_from_disk(str(tmp_path / "sft_data"))["train"])
+    primal = {r["id"]: r["prompt"] for r in rows if r["direction"] == "primal"}
+    legacy = [r for r in rows if r["direction"] == PRIMAL_DIRECT]
+    assert legacy and not any(r["direction"] == ANSWER_PROMPT for r in rows)
+    assert all(r["prompt"] == direct_prompt(primal[r["id"]]) for r in legacy)
 
     cli(["sft", tmp_path / "sft_data", tmp_path / "sft", "--model", "tiny", "--max-steps", 2,
          "--set", "batch_size=8"], capsys)

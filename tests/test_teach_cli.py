@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,7 @@ import pytest
 from datasets import load_from_disk
 
 from cellduality.tasks import build_task_datasets, load_tasks
-from cellduality.tasks.base import direct_prompt
+from cellduality.tasks.base import ANSWER_PROMPT, DIRECT_INSTRUCTION, PRIMAL_DIRECT, direct_prompt
 from cellduality.tasks.builders import load_task_datasets
 from cellduality.teacher import TeachConfig, build_sft
 from cellduality.teacher.offline import OfflineTeacher
@@ -50,14 +51,12 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
     # ... asked for by its own prompt, so plain prompts keep asking for reasoning
     assert [r["prompt"] for r in direct] == [direct_prompt(r["prompt"]) for r in rows if r["direction"] == "dual"]
     # each kept primal row of a classification task also has its answer-only form (fast annotation)
-    answer_only = [r for r in rows if r["direction"] == "primal_direct"]
+    answer_only = [r for r in rows if r["direction"] == PRIMAL_DIRECT]
     kept_annotation = [r for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
     assert [r["id"] for r in answer_only] == [r["id"] for r in kept_annotation]
     assert [r["prompt"] for r in answer_only] == [direct_prompt(r["prompt"]) for r in kept_annotation]
-    assert all(r["completion"] == f"<answer> {primal[r['id']]['answer']} </answer>"
-               for r in answer_only)
     for row in rows:
-        if row["direction"] not in ("dual_direct", "primal_direct"):
+        if row["direction"] not in ("dual_direct", PRIMAL_DIRECT):
             assert re.fullmatch(r"<think> .+ </think> <answer> .+ </answer>", row["completion"], re.S)
         if row["direction"] == "primal" and row["task"] == "annotation":
             assert row["completion"].endswith(f"<answer> {primal[row['id']]['answer']} </answer>")  # rejection sampling
@@ -66,7 +65,7 @@ def test_teach_writes_the_sft_contract(tasks_dir, tmp_path, capsys):
             assert row["prompt"] == dual[row["id"]]["prompt"]
             assert row["completion"].endswith(f"<answer> {dual[row['id']]['answer']} </answer>")
     assert {r["task"] for r in rows} == {"annotation", "generation"} and {r["direction"] for r in rows} == {"primal", "dual", "dual_direct",
-                                                                                                   "primal_direct"}
+                                                                                                   PRIMAL_DIRECT}
     report = json.loads((out / "teach_report.json").read_text())
     table = {(r["split"], r["task"], r["direction"]): r for r in report["acceptance"]}
     ann = table[("train", "annotation", "primal")]
@@ -189,3 +188,24 @@ def test_openai_teacher_through_the_cli_caches_and_keeps_the_key_off_disk(tasks_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_direct_primal_prompt_answer_only_gives_each_cell_the_tasks_own_prompt(tasks_dir, tmp_path):
+    """``direct_primal_prompt: answer_only``: the same cells under the task's answer-only prompt,
+    its shared head (candidates, instruction) first, then the whole cell, the cue last."""
+    build_sft(tasks_dir, tmp_path / "sft", TeachConfig(direct_primal_prompt="answer_only", max_examples=8))
+    rows = list(load_from_disk(str(tmp_path / "sft"))["train"])
+    primal = {r["id"]: r for r in load_task_datasets(tasks_dir, "primal")["train"]}
+    kept = [r["id"] for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
+    answer_only = [r for r in rows if r["direction"] == ANSWER_PROMPT]
+    assert kept and [r["id"] for r in answer_only] == kept and not any(r["direction"] == PRIMAL_DIRECT for r in rows)
+    task = load_tasks(tasks_dir)["annotation"]
+    cells = [(json.loads(primal[i]["known"]), json.loads(primal[i]["unknown"])) for i in kept]
+    assert [r["prompt"] for r in answer_only] == [task.answer_only_prompt(k, u) for k, u in cells]
+    head = os.path.commonprefix([r["prompt"] for r in answer_only])
+    assert all(label in head for label in task.context.labels) and "<answer>" in head
+    for row, (known, unknown) in zip(answer_only, cells, strict=True):
+        hidden = iter(unknown["hidden"])
+        cell = [g if g is not None else next(hidden) for g in known["masked"]]
+        assert row["prompt"].endswith(f" {' '.join(cell)}\n{DIRECT_INSTRUCTION}")
+        assert row["completion"] == f"<answer> {primal[row['id']]['answer']} </answer>"

@@ -123,10 +123,10 @@ def evaluate_generate(
     overwrite: bool = True,
     run_info: dict[str, Any] | None = None,
     split: str = "test",
-    label_fn: Callable[[Any, list[str]], list[str]] | None = None,
+    label_fn: Callable[[Any, TaskRows], list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The model-agnostic core of :func:`evaluate_model` (``generate`` answers the prompts;
-    ``label_fn(task, prompts)``, when given, answers those of classification tasks instead)."""
+    ``label_fn(task, rows)``, when given, answers those of classification tasks instead)."""
     from cellduality.evaluation import plots
     from cellduality.evaluation.reports import write_task_report
     from cellduality.tasks import load_tasks
@@ -150,7 +150,7 @@ def evaluate_generate(
             test = load_rows(tasks_dir, name, split, max_examples, seed)
             if not len(test):
                 continue
-            outputs = label_fn(task, test.prompts) if label_fn is not None and task.kind == "classification" \
+            outputs = label_fn(task, test) if label_fn is not None and task.kind == "classification" \
                 else _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
             parsed = [task.parse_primal(o) for o in outputs]  # parsers never raise: one that does is a bug
             table = {"id": test.ids, "prompt": test.prompts, "output": outputs,
@@ -186,7 +186,7 @@ def evaluate_generate(
 
 
 def fast_label_fn(model_dir: str | Path, model: Any, tokenizer: Any,
-                  tasks_dir: str | Path) -> Callable[[Any, list[str]], list[str]]:
+                  tasks_dir: str | Path) -> Callable[[Any, TaskRows], list[str]]:
     """Classification answers by likelihood ranking (:mod:`cellduality.inference.fast`), as responses.
 
     The label comes without reasoning (``<think>  </think>``), so the faithfulness figures of such
@@ -202,8 +202,8 @@ def fast_label_fn(model_dir: str | Path, model: Any, tokenizer: Any,
     mdl = CellDualityModel(path=Path(model_dir), model=model, tokenizer=tokenizer, info={}, tasks=load_tasks(tasks_dir))
     console = Console(stderr=True)
 
-    def answer(task: Any, prompts: list[str]) -> list[str]:
-        result = classify_fast(task, mdl, prompts, warn=lambda line: console.print(f"[yellow]Warning:[/] {line}"))
+    def answer(task: Any, rows: TaskRows) -> list[str]:
+        result = classify_fast(task, mdl, rows.prompts, list(zip(rows.known, rows.unknown, strict=True)), warn=lambda line: console.print(f"[yellow]Warning:[/] {line}"))
         return [format_response(r, task.render_answer(label)) for r, label in zip(result.reasoning, result.labels,
                                                                                   strict=True)]
 

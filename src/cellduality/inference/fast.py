@@ -1,18 +1,21 @@
 """Fast classification (annotation, sensitivity): labels and confidence without writing reasoning.
 
-A model taught the answer-only form (``cellduality teach`` writes a ``primal_direct`` row,
-``<answer> LABEL </answer>`` (after ``tasks.base.direct_prompt``), for every kept primal row of a classification
-task; ``TeachConfig.direct_primal``) can be *asked* how probable each candidate label is: each
-cell's prompt runs once, every label is scored teacher-forced against its KV cache
-(:func:`~cellduality.models.candidates.score_candidates`), the label is the argmax and the
-confidence its softmax posterior. No token is sampled, so this is deterministic and costs about
-one forward pass per cell instead of hundreds of decoding steps.
+A model taught the answer-only form (``cellduality teach`` writes, for every kept primal row of a
+classification task, a ``primal_direct`` row: the primal prompt plus ``DIRECT_INSTRUCTION``,
+answered ``<answer> LABEL </answer>``; ``TeachConfig.direct_primal``) can be *asked* how probable
+each candidate label is: each cell's prompt runs once and every label is scored teacher-forced
+against its KV cache (:func:`~cellduality.models.candidates.score_candidates`); the label is the
+argmax and the confidence its softmax posterior. No token is sampled, so this is deterministic
+and costs about one forward pass per cell instead of hundreds of decoding steps. A model taught
+the opt-in ``primal_answer`` rows (``direct_primal_prompt: answer_only``: the task's own prompt,
+candidates first) is asked that way: the prompts' shared head runs once per call, twice the cells
+per second, at a cost in accuracy measured in ``docs/performance.md``.
 
 Reasoning is generated (greedy, length-sorted batches) only when asked: for every cell
 (``explain=True``) or for the ``explain_least_confident`` cells the labels were least sure of.
 An explained cell's label is then ranked *after its own reasoning* (same scorer, the reasoning as
-prefix), so label, confidence and written reasoning agree. A model trained without direct rows
-cannot answer directly: it is explained for every cell, with a one-line warning.
+prefix), so label, confidence and written reasoning agree. A model trained without answer-only
+rows cannot answer directly: it is explained for every cell, with a one-line warning.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellduality.tasks.base import Task, direct_prompt, direct_response, extract_reasoning, format_response
+from cellduality.tasks.base import (
+    ANSWER_PROMPT,
+    PRIMAL_DIRECT,
+    Known,
+    Task,
+    Unknown,
+    direct_prompt,
+    direct_response,
+    extract_reasoning,
+    format_response,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellduality.inference.model import CellDualityModel
@@ -48,11 +61,12 @@ def answer_split(reasoning: str) -> tuple[str, str, str]:
     return prefix, head[len(prefix):], tail
 
 
-def trained_direct(model_dir: str | Path, task: str, _depth: int = 0) -> bool | None:
-    """Whether the model (or the SFT model it descends from) learnt ``primal_direct`` rows of ``task``.
+def taught_form(model_dir: str | Path, task: str, _depth: int = 0) -> str | None:
+    """Which answer-only form the model (or the SFT model it descends from) learnt for ``task``.
 
-    Read from the SFT summary (``directions``), else from the SFT data folder it records, following
-    GRPO models to their parent. ``None`` when nothing on disk says.
+    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` (the default), :data:`~cellduality.tasks.base.ANSWER_PROMPT`
+    (the task's own answer-only prompt), ``""`` (neither) or ``None`` (nothing on disk says). Read from the SFT summary (``directions``), else from the SFT data
+    folder it records, following GRPO models to their parent.
     """
     info_path = Path(model_dir) / "cellduality.json"
     if _depth > 5 or not info_path.is_file():
@@ -60,15 +74,30 @@ def trained_direct(model_dir: str | Path, task: str, _depth: int = 0) -> bool | 
     info = json.loads(info_path.read_text())
     directions = (info.get("summary") or {}).get("directions")
     if isinstance(directions, dict):
-        return int(directions.get(f"primal_direct/{task}", directions.get("primal_direct", 0))) > 0
+        counts = {d: int(directions.get(f"{d}/{task}", 0)) for d in (ANSWER_PROMPT, PRIMAL_DIRECT)}
+        counts[PRIMAL_DIRECT] += int(directions.get(PRIMAL_DIRECT, 0))  # summaries that did not split by task
+        return next((d for d, count in counts.items() if count > 0), "")
     data = Path(str(info.get("sft_data") or ""))
     if info.get("sft_data") and (data / "dataset_dict.json").is_file():
         from datasets import load_from_disk
 
         train = load_from_disk(str(data))["train"]
-        return any(d == "primal_direct" and t == task for d, t in zip(train["direction"], train["task"], strict=True))
+        taught = {d for d, t in zip(train["direction"], train["task"], strict=True) if t == task}
+        return next((d for d in (ANSWER_PROMPT, PRIMAL_DIRECT) if d in taught), "")
     parent = info.get("parent_model")
-    return trained_direct(parent, task, _depth + 1) if parent else None
+    return taught_form(parent, task, _depth + 1) if parent else None
+
+
+def answer_prompts(task: Task, form: str, prompts: Sequence[str], cells: Sequence[tuple[Known, Unknown]]) -> list[str]:
+    """The prompts asking for the answer alone, in the ``form`` the model learnt (:func:`taught_form`)."""
+    if form == PRIMAL_DIRECT:
+        return [direct_prompt(p) for p in prompts]
+    if len(cells) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(cells)} cells")
+    out = [task.answer_only_prompt(known, unknown) for known, unknown in cells]
+    if any(p is None for p in out):
+        raise ValueError(f"task '{task.name}' has no answer-only prompt, yet the model was taught {ANSWER_PROMPT} rows")
+    return out  # type: ignore[return-value]
 
 
 @dataclass
@@ -85,15 +114,14 @@ class FastResult:
 
 def rank_labels(task: Task, mdl: CellDualityModel, prompts: Sequence[str], reasonings: Sequence[str] | None = None,
                 progress: Progress | None = None, stage: str = "rank labels") -> np.ndarray:
-    """Label posterior ``[cells, labels]`` after each prompt (and its reasoning, if given)."""
+    """Label posterior ``[cells, labels]`` after each prompt: the primal prompt followed by that
+    cell's reasoning, or, where the reasoning is empty, an answer-only prompt (:func:`answer_prompts`)."""
     from cellduality.models.candidates import score_candidates
 
     labels = [task.render_answer(a) for a in task.answer_candidates()]
     if not labels:
         raise ValueError(f"{task.name} has no candidate answers; fast ranking serves classification tasks only")
     reasonings = list(reasonings) if reasonings is not None else [""] * len(prompts)
-    # without a reasoning, the answer-only form is asked for by its own prompt (tasks.base.direct_prompt)
-    prompts = [p if r.strip() else direct_prompt(p) for p, r in zip(prompts, reasonings, strict=True)]
     splits = [answer_split(r) for r in reasonings]
     lead, tail = splits[0][1], splits[0][2]
     done = 0
@@ -135,6 +163,7 @@ def classify_fast(
     task: Task,
     mdl: CellDualityModel,
     prompts: Sequence[str],
+    cells: Sequence[tuple[Known, Unknown]],
     *,
     explain: bool = False,
     explain_least_confident: int = 0,
@@ -146,23 +175,27 @@ def classify_fast(
 ) -> FastResult:
     """Labels by likelihood for every cell; reasoning for all or the least confident (see module doc).
 
-    ``direct=None`` reads from the model's files whether it learnt the answer-only form
-    (:func:`trained_direct`); ``True``/``False`` overrides that.
+    ``prompts`` are the primal prompts (what reasoning is written after), ``cells`` each prompt's
+    input as ``(x_k, x_u)`` (``task.split(example)``; what the answer-only prompt is built from).
+    ``direct=None`` reads from the model's files which answer-only form it learnt
+    (:func:`taught_form`); ``True``/``False`` overrides whether it learnt one.
     """
     n = len(prompts)
     labels = task.answer_candidates()
     posterior = np.zeros((n, len(labels)))
     explained = np.zeros(n, dtype=bool)
-    knows_direct = trained_direct(mdl.path, task.name) if direct is None else direct
+    form = taught_form(mdl.path, task.name)
+    if direct is not None:
+        form = (form or PRIMAL_DIRECT) if direct else ""
     if explain:
         explained[:] = True
-    elif not knows_direct:
+    elif not form:
         if warn is not None:
             warn(f"{mdl.path} was not taught answer-only rows (re-run `cellduality teach` and `sft` to get them); "
                  "labelling every cell by greedy generation instead, which is much slower.")
         explained[:] = True
     else:
-        posterior = rank_labels(task, mdl, prompts, progress=progress)
+        posterior = rank_labels(task, mdl, answer_prompts(task, form, prompts, cells), progress=progress)
         if explain_least_confident > 0:
             least = np.argsort(posterior.max(axis=1), kind="stable")[:explain_least_confident]
             explained[least] = True
@@ -172,7 +205,11 @@ def classify_fast(
         texts = generate_sorted(mdl, [prompts[i] for i in idx], batch_size=batch_size, max_new_tokens=max_new_tokens,
                                 progress=progress)
         thoughts = [extract_reasoning(t) for t in texts]
-        posterior[idx] = rank_labels(task, mdl, [prompts[i] for i in idx], thoughts, progress=progress,
+        # a cell whose reasoning came out empty is ranked under the answer-only form instead
+        fallback = answer_prompts(task, form or PRIMAL_DIRECT, [prompts[i] for i in idx], [cells[i] for i in idx])
+        ranked = [prompts[i] if thought else fallback[j] for j, (i, thought) in enumerate(zip(idx, thoughts,
+                                                                                              strict=True))]
+        posterior[idx] = rank_labels(task, mdl, ranked, thoughts, progress=progress,
                                      stage="rank labels after reasoning")
         for i, thought in zip(idx, thoughts, strict=True):
             reasoning[i] = thought
@@ -183,5 +220,6 @@ def classify_fast(
         posterior=posterior,
         reasoning=reasoning,
         explained=explained,
-        info={"method": "fast", "answer_only": bool(knows_direct), "explained": int(explained.sum())},
+        info={"method": "fast", "answer_only": bool(form), "answer_form": form or "",
+              "explained": int(explained.sum())},
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from cellduality.tasks.base import register_task
+from cellduality.tasks.base import DIRECT_INSTRUCTION, register_task
 from cellduality.tasks.inpainting import InpaintingTask
 
 _FORMAT = "Think step by step inside <think></think>, then give only {what} inside <answer></answer>."
@@ -24,6 +24,10 @@ class AnnotationTask(InpaintingTask):
         "Candidate cell types: {labels}.\nAnnotate this cell. " + _FORMAT.format(what="the cell type"),
         "Identify the cell type of a cell whose top expressed genes are: {cell}\n"
         "Possible types: {labels}.\n" + _FORMAT.format(what="one of the possible types"),
+    )
+    answer_only_template: ClassVar[str | None] = (
+        "Candidate cell types: {labels}.\nName the type of the cell below, only the type inside "
+        "<answer></answer>.\nIts most expressed genes, highest first: {cell}\n" + DIRECT_INSTRUCTION
     )
     dual_templates: ClassVar[tuple[str, ...]] = (
         "This is a {label} cell. Its top genes are listed by decreasing expression, with {n_hidden} "

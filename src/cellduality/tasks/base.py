@@ -66,6 +66,14 @@ def direct_prompt(prompt: str) -> str:
     return f"{prompt}\n{DIRECT_INSTRUCTION}"
 
 
+PRIMAL_DIRECT = "primal_direct"
+"""Direction of the default answer-only SFT rows of a classification task: the primal prompt plus
+:data:`DIRECT_INSTRUCTION` (:func:`direct_prompt`); fast annotation ranks the labels under it."""
+ANSWER_PROMPT = "primal_answer"
+"""Direction of the opt-in answer-only rows under the task's own answer-only prompt
+(:meth:`Task.answer_only_prompt`, teach option ``direct_primal_prompt: answer_only``)."""
+
+
 def direct_response(answer: str) -> str:
     """An answer with no reasoning block at all: ``<answer> … </answer>``.
 
@@ -282,6 +290,21 @@ class Task(ABC):
     @abstractmethod
     def primal_prompt(self, example: Example) -> str:
         """The primal prompt for ``example`` (paraphrase chosen by ``example.seed``)."""
+
+    def answer_only_prompt(self, known: Known, unknown: Unknown) -> str | None:
+        """The prompt that asks for the primal answer alone, for the input ``(x_k, x_u)``; ``None``
+        when the task has no wording of its own for it.
+
+        Its own wording, with everything that does not depend on the cell (instruction, the
+        candidate answers) *first*: likelihood ranking (:mod:`cellduality.inference.fast`) then runs
+        that head once per call and each cell adds only its own tokens -- ~40 instead of ~125 on
+        the quickstart model, about twice the cells per second. Taught only when asked (teach
+        option ``direct_primal_prompt: answer_only``): on the quickstart model (3 seeds) the extra
+        prompt form cost ~10 points of annotation accuracy and ~18 of generation kNN@10. The
+        default, and a task without one, is the primal prompt plus :data:`DIRECT_INSTRUCTION`
+        (:data:`PRIMAL_DIRECT`).
+        """
+        return None
 
     @abstractmethod
     def render_answer(self, answer: Answer) -> str:

@@ -63,6 +63,12 @@ class InpaintingTask(Task):
     cites_input_genes_only: ClassVar[bool] = True
     primal_templates: ClassVar[tuple[str, ...]]
     dual_templates: ClassVar[tuple[str, ...]]
+    answer_only_template: ClassVar[str | None] = None
+    """The answer-only prompt (:meth:`Task.answer_only_prompt`): one wording, the candidate
+    ``{labels}`` and the instruction before the per-cell fields (``{cell}``, extra keys), and
+    :data:`~cellduality.tasks.base.DIRECT_INSTRUCTION` last. That last line matters: without it the
+    quickstart model answered 75 % of *plain* annotation prompts without reasoning (the form's
+    only cue sat at the start of the prompt, far from where the answer begins)."""
     default_label_key: ClassVar[str | None] = None
     extra_keys: ClassVar[tuple[str, ...]] = ()
     """Per-example inputs besides the cell (e.g. ``drug``); they are part of ``x_k``."""
@@ -173,6 +179,12 @@ class InpaintingTask(Task):
             labels=format_choices(self.context.labels),
             **self._fields(example.input),
         )
+
+    def answer_only_prompt(self, known: Known, unknown: Unknown) -> str | None:
+        if not self.answer_only_template:
+            return None
+        return self.answer_only_template.format(cell=render_genes(full_cell(known, unknown)),
+                                                labels=format_choices(self.context.labels), **self._fields(known))
 
     def render_answer(self, answer: Answer) -> str:
         return str(answer)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from cellduality.errors import CellDualityError
-from cellduality.tasks.base import register_task
+from cellduality.tasks.base import DIRECT_INSTRUCTION, register_task
 from cellduality.tasks.inpainting import InpaintingTask
 from cellduality.tasks.options import InpaintingOptions, TaskOptions
 
@@ -47,6 +47,11 @@ class SensitivityTask(InpaintingTask):
         "Predict the cell's response to the drug, one of: {labels}. " + _FORMAT.format(what="the label"),
         "Given the ranked genes of a cell, {cell}, decide whether it responds to {drug}. "
         "Answer with one of: {labels}.\n" + _FORMAT.format(what="the label"),
+    )
+    answer_only_template: ClassVar[str | None] = (
+        "Candidate responses to a drug: {labels}.\nName the response of the cell below, only the label "
+        "inside <answer></answer>.\nDrug: {drug}. The cell's most expressed genes, highest first: {cell}\n"
+        + DIRECT_INSTRUCTION
     )
     dual_templates: ClassVar[tuple[str, ...]] = (
         "A cell that is {label} to {drug} has these top genes by decreasing expression, with {n_hidden} "

@@ -211,8 +211,8 @@ def build_sft(
     report = _report(progress, splits, teacher, config)
     _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite,
                   direct_dual=config.direct_dual,
-                  direct_primal={n for n, t in tasks.items() if t.kind == "classification"}
-                  if config.direct_primal else set())
+                  direct_primal={n: t for n, t in tasks.items() if t.kind == "classification"}
+                  if config.direct_primal else {}, own_prompt=config.direct_primal_prompt == "answer_only")
     return report
 
 
@@ -320,27 +320,38 @@ def _why_nothing(report: dict[str, Any]) -> str:
 
 def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
                   primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
-                  overwrite: bool, *, direct_dual: bool = False, direct_primal: set[str] | None = None) -> None:
+                  overwrite: bool, *, direct_dual: bool = False,
+                  direct_primal: Mapping[str, Task] | None = None, own_prompt: bool = False) -> None:
     """Save the accepted rows; with ``direct_dual`` each kept dual prompt also gets a direct answer.
 
-    The direct row (the prompt + :data:`~cellduality.tasks.base.DIRECT_INSTRUCTION`, empty
+    The direct row (the prompt + :data:`~cellduality.tasks.base.DIRECT_INSTRUCTION`, no
     reasoning block, the reference ``x_u``) teaches the form the
     likelihood duality reward scores teacher-forced (:class:`cellduality.rewards.DualLikelihoodReward`),
     so that reward reads the dual's belief about ``x_u`` without generating a reasoning first.
-    Likewise each kept primal prompt of a task in ``direct_primal`` (classification tasks) gets a
-    "primal_direct" row: fast annotation ranks the candidate labels by that form's likelihood.
+    Likewise each kept primal row of a task in ``direct_primal`` (classification tasks) gets a
+    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` row (the primal prompt + the instruction) or,
+    with ``own_prompt`` and a task that has one, an :data:`~cellduality.tasks.base.ANSWER_PROMPT`
+    row, the same cell under the task's answer-only prompt
+    (:meth:`~cellduality.tasks.base.Task.answer_only_prompt`): fast annotation ranks the candidate
+    labels by that form's likelihood.
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
-    from cellduality.tasks.base import direct_prompt, direct_response, extract_answer
+    from cellduality.tasks.base import (
+        ANSWER_PROMPT,
+        PRIMAL_DIRECT,
+        direct_prompt,
+        direct_response,
+        extract_answer,
+    )
 
     features = Features({c: Value("string") for c in SFT_COLUMNS})
     data = {}
     for split in splits:
-        order = [r["id"] for r in primal_rows[split]]
         rows = []
         for direction in ("primal", "dual"):
-            for row_id in order:
+            for primal_row in primal_rows[split]:
+                row_id = primal_row["id"]
                 rec = progress.records.get(f"{split}/{direction}/{row_id}")
                 completions = (rec or {}).get("completions") or []
                 for completion in completions:
@@ -348,12 +359,17 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                                  "direction": direction, "id": row_id})
                 if not completions:
                     continue
-                direct = rec["task"] in (direct_primal or ()) if direction == "primal" else direct_dual
-                if direct:  # the same prompt's answer alone, asked for by its own prompt
+                answer = direct_response(extract_answer(completions[0]) or "")
+                if direction == "primal" and rec["task"] in (direct_primal or {}):
+                    prompt = direct_primal[rec["task"]].answer_only_prompt(
+                        loads(primal_row["known"]), loads(primal_row["unknown"])) if own_prompt else None
+                    # a task without its own answer-only wording: the primal prompt + the instruction
+                    rows.append({"prompt": prompt if prompt is not None else direct_prompt(rec["prompt"]),
+                                 "direction": ANSWER_PROMPT if prompt is not None else PRIMAL_DIRECT,
+                                 "task": rec["task"], "completion": answer, "id": row_id})
+                elif direction == "dual" and direct_dual:  # the same prompt's answer alone, asked for by its own prompt
                     rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"],
-                                 "direction": f"{direction}_direct",
-                                 "completion": direct_response(extract_answer(completions[0]) or ""),
-                                 "id": row_id})
+                                 "direction": "dual_direct", "completion": answer, "id": row_id})
         if split == "train" and not rows:
             raise CellDualityError(f"The teacher produced no accepted training rows: {_why_nothing(report)}")
         data[split] = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(

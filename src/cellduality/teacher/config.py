@@ -24,8 +24,13 @@ class TeachConfig(StrictModel):
     include_dual: bool = True
     direct_dual: bool = Field(True, description="also train each dual prompt with a direct answer (empty "
                               "reasoning): the form the likelihood duality reward scores")
-    direct_primal: bool = Field(True, description="also train each kept primal prompt of a classification task "
-                                "with a direct answer (empty reasoning): the form fast annotation ranks labels by")
+    direct_primal: bool = Field(True, description="also train each kept primal row of a classification task "
+                                "with a direct answer (no reasoning): the form fast annotation ranks labels by")
+    direct_primal_prompt: Literal["primal", "answer_only"] = Field(
+        "primal", description="prompt of those rows: the primal prompt + 'Answer directly, without reasoning.', "
+        "or the task's own answer-only prompt (candidates first, shared by all cells): twice the cells/s in "
+        "fast annotation, but on the quickstart model (3 seeds) annotation accuracy fell ~10 points and "
+        "generation kNN@10 ~18 (docs/performance.md)")
     max_examples: int | None = Field(None, ge=1, description="primal prompts per task and split")
     max_test_examples: int | None = Field(None, ge=0, description="per task in the test split (default: max_examples)")
     seed: int = 0
