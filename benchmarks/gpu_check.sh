@@ -70,14 +70,17 @@ for task in $EVAL_TASKS; do
   stage "evaluate_$task" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$task" --task "$task" \
     --max-examples "$EVAL_N" --no-baselines --batch-size 64 ${EVAL_ARGS:-}
   cp "$WORK/eval_$task/metrics.json" "$OUT/eval_${task}_metrics.json"
-  python3 - "$OUT/eval_${task}_metrics.json" "$OUT/evaluate_$task.seconds" "$task" <<'EOF2'
+  python3 - "$OUT/eval_${task}_metrics.json" "$OUT/evaluate_$task.seconds" "$task" "$WORK/eval_$task/run.json" <<'EOF2'
 import json, sys
 m, seconds, task = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read()), sys.argv[3]
+timing = json.load(open(sys.argv[4])).get("timing", {}).get(task)
 r = m[task]
 n = int(r.get("n") or 0)
 main = {k: r[k] for k in ("accuracy", "macro_f1", "valid_rate", "knn@10") if r.get(k) is not None}
+answering = (f" (answering alone {timing['answer_seconds']:.1f} s, {timing['examples_per_second']:.1f} examples/s)"
+             if timing else "")
 print(f"evaluate {task} (generated answers, start-up included): {seconds:.1f} s for {n} examples, "
-      f"{n / seconds:.1f} examples/s; " + ", ".join(f"{k} {v:.3f}" for k, v in main.items()))
+      f"{n / seconds:.1f} examples/s{answering}; " + ", ".join(f"{k} {v:.3f}" for k, v in main.items()))
 EOF2
 done
 

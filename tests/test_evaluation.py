@@ -72,6 +72,10 @@ def test_evaluate_writes_every_output(tasks_dir, tmp_path):
     report = (out / "report.md").read_text()
     assert "| model |" in report and "baseline: logreg" in report and "Acc. (%) ↑" in report
     assert not list(tmp_path.glob(".out.tmp-*"))  # no half-written folder left behind
+    # the answering throughput, without start-up or scoring, per task
+    timing = json.loads((out / "run.json").read_text())["timing"]
+    assert {name: t["examples"] for name, t in timing.items()} == {n: r["n"] for n, r in results.items()}
+    assert all(t["answer_seconds"] > 0 and t["examples_per_second"] > 0 for t in timing.values())
 
 
 def test_evaluate_is_deterministic_and_handles_all_malformed(tasks_dir, tmp_path):

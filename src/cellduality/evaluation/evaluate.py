@@ -25,6 +25,7 @@ as its own dual -- separates right from wrong primal answers:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,18 @@ def evaluate_generate(
     with atomic_dir(out, "evaluate") as tmp:
         results: dict[str, dict[str, float]] = {}
         scorers: dict[str, GenerativeScorer] = {}
+        timing: dict[str, dict[str, float]] = {}  # answering alone, without start-up or scoring: the throughput
         for name in names:
             task = loaded[name]
             test = load_rows(tasks_dir, name, split, max_examples, seed)
             if not len(test):
                 continue
+            started = time.perf_counter()
             outputs = label_fn(task, test) if label_fn is not None and task.kind == "classification" \
                 else _generate_all(generate, test.prompts, batch_size, f"{name}: generating")
+            seconds = time.perf_counter() - started
+            timing[name] = {"examples": len(test), "answer_seconds": seconds,
+                            "examples_per_second": len(test) / max(seconds, 1e-9)}
             parsed = [task.parse_primal(o) for o in outputs]  # parsers never raise: one that does is a bug
             table = {"id": test.ids, "prompt": test.prompts, "output": outputs,
                      "parsed": [_text(task, p) for p in parsed], "target": [_text(task, t) for t in test.targets]}
@@ -180,7 +186,8 @@ def evaluate_generate(
         (tmp / "metrics.json").write_text(json.dumps(_jsonable(results), indent=1))
         (tmp / "baselines.json").write_text(json.dumps(_jsonable(base), indent=1))
         (tmp / "run.json").write_text(json.dumps({"tasks_dir": str(tasks_dir), "seed": seed,
-                                                  "max_examples": max_examples, **(run_info or {})}, indent=1))
+                                                  "max_examples": max_examples, **(run_info or {}),
+                                                  "timing": timing}, indent=1))
         write_task_report(results, tmp, baselines=base)
     return results
 
