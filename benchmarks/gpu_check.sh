@@ -3,8 +3,8 @@
 # Kang 2018 sentences -> tasks (annotation + generation) -> offline teacher -> SFT `base` ->
 # evaluate (annotation, generation) -> annotate (fast path) -> GRPO with the duality reward
 # (likelihood) and with the oracle. Prints SFT tokens/s, GRPO s/step with its breakdown, evaluation
-# examples/s and annotate cells/s; each stage's metrics are copied into $OUT as soon as they exist,
-# so a run cut off at its limit still returns what it finished.
+# examples/s and annotate cells/s; each stage's log and metrics are packed into $OUT/results.tar.gz as
+# soon as they exist, so a run cut off at its limit still returns what it finished.
 #
 # Follows ../shared/GPU.md: wheels the machine lacks in .whl/, the Kang file in .gpudata/
 # (same layout as ../shared/data), both carried with the checkout; then
@@ -28,6 +28,11 @@ REASONING_CELLS="${REASONING_CELLS:-200}"
 FULL_CELLS="${FULL_CELLS:-500}"
 mkdir -p "$OUT"
 rm -rf "$WORK" && mkdir -p "$WORK"
+# every stage's log, seconds and metrics go to $R, packed into $OUT/results.tar.gz after each stage:
+# the GPU machine returns only a few files, and a run cut off at its limit still returns what it finished
+R="${WORK}_results"
+rm -rf "$R" && mkdir -p "$R"
+keep() { tar czf "$OUT/results.tar.gz" -C "$R" . ; }
 if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "${TMPDIR:-/tmp}/site" .whl/*.whl
   export PYTHONPATH="${TMPDIR:-/tmp}/site:$PWD/src"
@@ -36,20 +41,21 @@ export CELLDUALITY_DATA_DIR="${CELLDUALITY_DATA_DIR:-$PWD/.gpudata}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 KANG="$CELLDUALITY_DATA_DIR/kang2018_pbmc_ifnb_scgen/kang2018_scgen_valid.h5ad"
 CD=(python3 -m cellduality.cli.main)
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc; date; } > "$OUT/machine.txt"
-python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; nproc; date; } > "$R/machine.txt"
+python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$R/machine.txt" 2>&1
+cat "$R/machine.txt"
 
 # stage NAME CMD...: run, time, log; a failed stage stops the script (later stages need its output)
 stage() {
   local name=$1; shift
   local t0; t0=$(date +%s.%N)
   echo "== $name"
-  if ! "$@" > "$OUT/$name.log" 2>&1; then
-    echo "!! $name failed; last lines:"; tail -n 20 "$OUT/$name.log"; exit 1
+  if ! "$@" > "$R/$name.log" 2>&1; then
+    echo "!! $name failed; last lines:"; tail -n 20 "$R/$name.log"; keep; exit 1
   fi
-  python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)" > "$OUT/$name.seconds"
-  echo "   $name: $(cat "$OUT/$name.seconds") s"
+  python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)" > "$R/$name.seconds"
+  echo "   $name: $(cat "$R/$name.seconds") s"
+  keep
 }
 
 stage sentences "${CD[@]}" sentences kang2018 "$WORK/sentences"
@@ -57,8 +63,8 @@ stage tasks "${CD[@]}" tasks build "$WORK/sentences" "$WORK/tasks" --task annota
   --max-genes 24 --option annotation.n_hidden=6
 stage teach "${CD[@]}" teach "$WORK/tasks" "$WORK/sft_data" --n 4
 stage sft "${CD[@]}" sft "$WORK/sft_data" "$WORK/sft" --model "$PRESET" --epochs "$SFT_EPOCHS" --set batch_size=32
-cp "$WORK/sft/sft_summary.json" "$OUT/sft_summary.json"
-python3 - "$OUT/sft_summary.json" <<'EOF'
+cp "$WORK/sft/sft_summary.json" "$R/sft_summary.json" && keep
+python3 - "$R/sft_summary.json" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"SFT: {s['tokens_seen'] / s['wall_seconds']:,.0f} tokens/s ({s['steps']} steps, {s['tokens_seen']:,} tokens "
@@ -69,8 +75,8 @@ EVAL_TASKS="${EVAL_TASKS-annotation generation}"
 for task in $EVAL_TASKS; do
   stage "evaluate_$task" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$task" --task "$task" \
     --max-examples "$EVAL_N" --no-baselines --batch-size 64 ${EVAL_ARGS:-}
-  cp "$WORK/eval_$task/metrics.json" "$OUT/eval_${task}_metrics.json"
-  python3 - "$OUT/eval_${task}_metrics.json" "$OUT/evaluate_$task.seconds" "$task" "$WORK/eval_$task/run.json" <<'EOF2'
+  cp "$WORK/eval_$task/metrics.json" "$R/eval_${task}_metrics.json" && keep
+  python3 - "$R/eval_${task}_metrics.json" "$R/evaluate_$task.seconds" "$task" "$WORK/eval_$task/run.json" <<'EOF2'
 import json, sys
 m, seconds, task = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read()), sys.argv[3]
 timing = json.load(open(sys.argv[4])).get("timing", {}).get(task)
@@ -88,7 +94,7 @@ CELLS=()
 [ -n "$ANNOTATE_CELLS" ] && CELLS=(--cells "$ANNOTATE_CELLS")
 stage annotate python3 benchmarks/bench_annotate.py --model "$WORK/sft" --data "$KANG" "${CELLS[@]}" \
   --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128
-grep -v "Warning" "$OUT/annotate.log" | tail -n 8
+grep -v "Warning" "$R/annotate.log" | tail -n 8
 GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
           --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
 # GRPO_MODES="duality duality-static duality-cb": rollouts with a static KV cache (transformers then
@@ -101,8 +107,8 @@ for mode in ${GRPO_MODES:-duality ground-truth}; do
   [ "$mode" = duality-cb ] && EXTRA=(--set use_transformers_continuous_batching=true)
   stage "grpo_$mode" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" --sft-model "$WORK/sft" --reward "$REWARD" \
     "${GRPO_SET[@]}" "${EXTRA[@]}"
-  cp "$WORK/grpo_$mode/metrics.json" "$OUT/grpo_${mode}_metrics.json"
-  python3 - "$OUT/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
+  cp "$WORK/grpo_$mode/metrics.json" "$R/grpo_${mode}_metrics.json" && keep
+  python3 - "$R/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
 import json, sys
 m, mode, prompts, g = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
 t = m["timing"]
@@ -114,4 +120,4 @@ print(f"GRPO {mode} ({prompts} x G={g}): {t['seconds_per_step']:.2f} s/step{medi
 EOF
 done
 
-date >> "$OUT/machine.txt"
+date >> "$R/machine.txt"; keep
