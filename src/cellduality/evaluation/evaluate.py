@@ -210,7 +210,8 @@ def fast_label_fn(model_dir: str | Path, model: Any, tokenizer: Any,
     console = Console(stderr=True)
 
     def answer(task: Any, rows: TaskRows) -> list[str]:
-        result = classify_fast(task, mdl, rows.prompts, list(zip(rows.known, rows.unknown, strict=True)), warn=lambda line: console.print(f"[yellow]Warning:[/] {line}"))
+        result = classify_fast(task, mdl, rows.prompts, list(zip(rows.known, rows.unknown, strict=True)),
+                               warn=lambda line: console.print(f"[yellow]Warning:[/] {line}"))
         return [format_response(r, task.render_answer(label)) for r, label in zip(result.reasoning, result.labels,
                                                                                   strict=True)]
 

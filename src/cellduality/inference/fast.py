@@ -64,9 +64,10 @@ def answer_split(reasoning: str) -> tuple[str, str, str]:
 def taught_form(model_dir: str | Path, task: str, _depth: int = 0) -> str | None:
     """Which answer-only form the model (or the SFT model it descends from) learnt for ``task``.
 
-    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` (the default), :data:`~cellduality.tasks.base.ANSWER_PROMPT`
-    (the task's own answer-only prompt), ``""`` (neither) or ``None`` (nothing on disk says). Read from the SFT summary (``directions``), else from the SFT data
-    folder it records, following GRPO models to their parent.
+    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` (the default),
+    :data:`~cellduality.tasks.base.ANSWER_PROMPT` (the task's own answer-only prompt), ``""``
+    (neither) or ``None`` (nothing on disk says). Read from the SFT summary (``directions``), else
+    from the SFT data folder it records, following GRPO models to their parent.
     """
     info_path = Path(model_dir) / "cellduality.json"
     if _depth > 5 or not info_path.is_file():

@@ -204,9 +204,9 @@ def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: li
     from cellduality.inference.fast import classify_fast
 
     prompts = [task.primal_prompt(ex) for ex in examples]
-    result = classify_fast(task, mdl, prompts, [task.split(ex) for ex in examples], explain=explain, explain_least_confident=explain_least_confident,
-                           direct=direct, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-                           warn=warn)
+    result = classify_fast(task, mdl, prompts, [task.split(ex) for ex in examples], explain=explain,
+                           explain_least_confident=explain_least_confident, direct=direct, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, progress=progress, warn=warn)
     out.obs[column] = pd.Categorical([task.render_answer(a) for a in result.labels],
                                      categories=[task.render_answer(a) for a in task.answer_candidates()])
     out.obs[f"{key}_confidence"] = result.confidence.astype(float)

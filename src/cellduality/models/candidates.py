@@ -17,6 +17,7 @@ checked once, and pairs that do not split cleanly are scored by ``score_continua
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,7 @@ def score_candidates(
     tree = CandidateTree.build(cand_ids) if custom_masks else None
     # the tokens every prompt starts with (instruction, candidate list) run once, not once per row;
     # each row keeps at least its last prompt token and its prefix, whose logits are read
-    shared = _common_length(seqs) if custom_masks and n > 1 else 0
+    shared = len(os.path.commonprefix(seqs)) if custom_masks and n > 1 else 0  # works on token lists
     shared = min([shared] + [len(seq) - len(q) - 1 for seq, q in zip(seqs, prefix_ids, strict=True)])
     if shared < MIN_SHARED_TOKENS:
         shared = 0
@@ -156,20 +157,6 @@ class CandidateTree:
 
 MIN_SHARED_TOKENS = 8
 """A common prompt head shorter than this is run with each row (not worth a separate pass)."""
-
-
-def _common_length(seqs: Sequence[list[int]]) -> int:
-    """Number of leading tokens all ``seqs`` share."""
-    first = seqs[0]
-    length = min(len(seq) for seq in seqs)
-    for seq in seqs[1:]:
-        i = 0
-        while i < length and seq[i] == first[i]:
-            i += 1
-        length = i
-        if not length:
-            break
-    return length
 
 
 @dataclass
