@@ -297,8 +297,8 @@ class Task(ABC):
 
         Its own wording, with everything that does not depend on the cell (instruction, the
         candidate answers) *first*: likelihood ranking (:mod:`cellduality.inference.fast`) then runs
-        that head once per call and each cell adds only its own tokens -- ~40 instead of ~125 on
-        the quickstart model, about twice the cells per second. Taught only when asked (teach
+        that head once per call and each cell adds only its own tokens -- 36 after a 79-token head,
+        against a 124-token prompt per cell on the quickstart model, about twice the cells per second. Taught only when asked (teach
         option ``direct_primal_prompt: answer_only``): on the quickstart model (3 seeds) the extra
         prompt form cost ~10 points of annotation accuracy and ~18 of generation kNN@10. The
         default, and a task without one, is the primal prompt plus :data:`DIRECT_INSTRUCTION`
