@@ -1,10 +1,12 @@
-"""A/B of the two answer-only forms fast annotation can be taught (``teach`` option ``direct_primal_prompt``).
+"""A/B of the answer-only forms fast annotation can be taught (``teach`` option ``direct_primal_prompt``).
 
-    python benchmarks/answer_form_ab.py --tasks QS/data/pbmc68k_reduced/tasks --out runs/answer_form --seeds 0 1 2
+    python benchmarks/answer_form_ab.py --tasks QS/data/pbmc68k_reduced/tasks --out runs/answer_form --seeds 0 1 2 \
+        [--forms primal answer_only both]
 
 ``QS`` is a ``cellduality quickstart --out QS`` folder (its pbmc68k tasks). For each form
 (``primal``: the primal prompt + "Answer directly, without reasoning.", the default;
-``answer_only``: the task's own prompt, candidates first) it teaches once (offline teacher, n=4),
+``answer_only``: the task's own prompt, candidates first; ``both``: a row of each, fast
+annotation asking the answer-only way) it teaches once (offline teacher, n=4),
 trains one SFT model per seed with the quickstart settings (``mini``, 2 epochs, lr 1e-3, batch
 16) and measures:
 
@@ -76,10 +78,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=Path, required=True, help="a tasks folder (quickstart: data/pbmc68k_reduced/tasks)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--forms", nargs="+", default=["primal", "answer_only", "both"],
+                        choices=["primal", "answer_only", "both"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for form in ("primal", "answer_only"):
+    for form in args.forms:
         data = args.out / f"sft_data_{form}"
         if not (data / "dataset_dict.json").is_file():
             config = args.out / f"teach_{form}.yaml"

@@ -209,3 +209,20 @@ def test_direct_primal_prompt_answer_only_gives_each_cell_the_tasks_own_prompt(t
         cell = [g if g is not None else next(hidden) for g in known["masked"]]
         assert row["prompt"].endswith(f" {' '.join(cell)}\n{DIRECT_INSTRUCTION}")
         assert row["completion"] == f"<answer> {primal[row['id']]['answer']} </answer>"
+
+
+def test_direct_primal_prompt_both_writes_each_form_once_per_kept_cell(tasks_dir, tmp_path):
+    """``direct_primal_prompt: both``: every kept annotation cell gets a ``primal_direct`` row and
+    a ``primal_answer`` row with the same answer, and fast annotation reads the answer-only form."""
+    from cellduality.inference.fast import taught_form
+
+    build_sft(tasks_dir, tmp_path / "sft", TeachConfig(direct_primal_prompt="both", max_examples=8))
+    rows = list(load_from_disk(str(tmp_path / "sft"))["train"])
+    kept = [r for r in rows if r["direction"] == "primal" and r["task"] == "annotation"]
+    by_form = {form: [r for r in rows if r["direction"] == form] for form in (PRIMAL_DIRECT, ANSWER_PROMPT)}
+    assert kept and all([r["id"] for r in part] == [r["id"] for r in kept] for part in by_form.values())
+    assert [r["prompt"] for r in by_form[PRIMAL_DIRECT]] == [direct_prompt(r["prompt"]) for r in kept]
+    assert [r["completion"] for r in by_form[PRIMAL_DIRECT]] == [r["completion"] for r in by_form[ANSWER_PROMPT]]
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "cellduality.json").write_text(json.dumps({"sft_data": str(tmp_path / "sft")}))
+    assert taught_form(tmp_path / "model", "annotation") == ANSWER_PROMPT

@@ -25,7 +25,7 @@ from cellduality.redaction import redact
 from cellduality.tasks.base import Task, loads
 from cellduality.tasks.text import stable_seed
 from cellduality.teacher.base import Teacher, TeacherRequest
-from cellduality.teacher.config import TeachConfig
+from cellduality.teacher.config import ANSWER_ONLY_FORM, PRIMAL_DIRECT_FORM, TeachConfig
 from cellduality.teacher.filtering import Verdict, judge_dual, judge_primal, select
 
 COPIED_FILES = ("tasks.json", "inverse.json", "vocabulary.json")
@@ -212,7 +212,7 @@ def build_sft(
     _write_output(tasks_dir, out, work, progress, splits, primal_rows, report, overwrite,
                   direct_dual=config.direct_dual,
                   direct_primal={n: t for n, t in tasks.items() if t.kind == "classification"}
-                  if config.direct_primal else {}, own_prompt=config.direct_primal_prompt == "answer_only")
+                  if config.direct_primal else {}, direct_primal_forms=config.direct_primal_forms)
     return report
 
 
@@ -321,7 +321,8 @@ def _why_nothing(report: dict[str, Any]) -> str:
 def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog, splits: Sequence[str],
                   primal_rows: Mapping[str, Sequence[Mapping[str, Any]]], report: dict[str, Any],
                   overwrite: bool, *, direct_dual: bool = False,
-                  direct_primal: Mapping[str, Task] | None = None, own_prompt: bool = False) -> None:
+                  direct_primal: Mapping[str, Task] | None = None,
+                  direct_primal_forms: Sequence[str] = (PRIMAL_DIRECT_FORM,)) -> None:
     """Save the accepted rows; with ``direct_dual`` each kept dual prompt also gets a direct answer.
 
     The direct row (the prompt + :data:`~cellduality.tasks.base.DIRECT_INSTRUCTION`, no
@@ -329,11 +330,12 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
     likelihood duality reward scores teacher-forced (:class:`cellduality.rewards.DualLikelihoodReward`),
     so that reward reads the dual's belief about ``x_u`` without generating a reasoning first.
     Likewise each kept primal row of a task in ``direct_primal`` (classification tasks) gets a
-    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` row (the primal prompt + the instruction) or,
-    with ``own_prompt`` and a task that has one, an :data:`~cellduality.tasks.base.ANSWER_PROMPT`
-    row, the same cell under the task's answer-only prompt
-    (:meth:`~cellduality.tasks.base.Task.answer_only_prompt`): fast annotation ranks the candidate
-    labels by that form's likelihood.
+    :data:`~cellduality.tasks.base.PRIMAL_DIRECT` row (the primal prompt + the instruction) and/or,
+    as ``direct_primal_forms`` says, an :data:`~cellduality.tasks.base.ANSWER_PROMPT` row, the same
+    cell under the task's answer-only prompt
+    (:meth:`~cellduality.tasks.base.Task.answer_only_prompt`; a task without one gets the
+    ``primal_direct`` row instead, once): fast annotation ranks the candidate labels by the
+    likelihood of the answer-only form (:func:`cellduality.inference.fast.taught_form`).
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
@@ -361,12 +363,15 @@ def _write_output(tasks_dir: Path, out: Path, work: Path, progress: ProgressLog,
                     continue
                 answer = direct_response(extract_answer(completions[0]) or "")
                 if direction == "primal" and rec["task"] in (direct_primal or {}):
-                    prompt = direct_primal[rec["task"]].answer_only_prompt(
-                        loads(primal_row["known"]), loads(primal_row["unknown"])) if own_prompt else None
+                    own = direct_primal[rec["task"]].answer_only_prompt(
+                        loads(primal_row["known"]), loads(primal_row["unknown"])) \
+                        if ANSWER_ONLY_FORM in direct_primal_forms else None
                     # a task without its own answer-only wording: the primal prompt + the instruction
-                    rows.append({"prompt": prompt if prompt is not None else direct_prompt(rec["prompt"]),
-                                 "direction": ANSWER_PROMPT if prompt is not None else PRIMAL_DIRECT,
-                                 "task": rec["task"], "completion": answer, "id": row_id})
+                    forms = {ANSWER_PROMPT: own} if own is not None else {}
+                    if PRIMAL_DIRECT_FORM in direct_primal_forms or own is None:
+                        forms = {PRIMAL_DIRECT: direct_prompt(rec["prompt"]), **forms}
+                    rows.extend({"prompt": prompt, "direction": form, "task": rec["task"], "completion": answer,
+                                 "id": row_id} for form, prompt in forms.items())
                 elif direction == "dual" and direct_dual:  # the same prompt's answer alone, asked for by its own prompt
                     rows.append({"prompt": direct_prompt(rec["prompt"]), "task": rec["task"],
                                  "direction": "dual_direct", "completion": answer, "id": row_id})

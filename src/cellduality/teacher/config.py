@@ -10,6 +10,11 @@ from cellduality.config import StrictModel
 
 DEFAULT_TEMPERATURE = {"offline": 0.5, "openai": 0.8}
 
+PRIMAL_DIRECT_FORM = "primal"
+"""``direct_primal_prompt`` form: the primal prompt + 'Answer directly, without reasoning.'"""
+ANSWER_ONLY_FORM = "answer_only"
+"""``direct_primal_prompt`` form: the task's own answer-only prompt (candidates first)."""
+
 
 class TeachConfig(StrictModel):
     """Every knob of the teacher and of filtering. Unknown keys are errors."""
@@ -26,11 +31,12 @@ class TeachConfig(StrictModel):
                               "reasoning): the form the likelihood duality reward scores")
     direct_primal: bool = Field(True, description="also train each kept primal row of a classification task "
                                 "with a direct answer (no reasoning): the form fast annotation ranks labels by")
-    direct_primal_prompt: Literal["primal", "answer_only"] = Field(
-        "primal", description="prompt of those rows: the primal prompt + 'Answer directly, without reasoning.', "
-        "or the task's own answer-only prompt (candidates first, shared by all cells): twice the cells/s in "
-        "fast annotation, but on the quickstart model (3 seeds) annotation accuracy fell ~10 points and "
-        "generation kNN@10 ~18 (docs/performance.md)")
+    direct_primal_prompt: Literal["primal", "answer_only", "both"] = Field(
+        "primal", description="prompt of those rows: 'primal' (the primal prompt + 'Answer directly, without "
+        "reasoning.'), 'answer_only' (the task's own answer-only prompt, candidates first, shared by all cells: "
+        "twice the cells/s in fast annotation, but on the quickstart model annotation accuracy fell ~10 points "
+        "and generation kNN@10 ~18) or 'both' (a row of each; fast annotation asks the answer-only way); "
+        "3-seed figures in docs/performance.md")
     max_examples: int | None = Field(None, ge=1, description="primal prompts per task and split")
     max_test_examples: int | None = Field(None, ge=0, description="per task in the test split (default: max_examples)")
     seed: int = 0
@@ -49,6 +55,12 @@ class TeachConfig(StrictModel):
     price_prompt_per_million: float = Field(0.0, ge=0)
     price_completion_per_million: float = Field(0.0, ge=0)
     cache_path: str | None = Field(None, description="default: <cache dir>/teacher/responses.sqlite")
+
+    @property
+    def direct_primal_forms(self) -> tuple[str, ...]:
+        """The forms ``direct_primal_prompt`` asks for, each one row per kept primal row."""
+        both = (PRIMAL_DIRECT_FORM, ANSWER_ONLY_FORM)
+        return both if self.direct_primal_prompt == "both" else (self.direct_primal_prompt,)
 
     @property
     def effective_temperature(self) -> float:
