@@ -10,16 +10,29 @@ direct prompt for each type (a dual that sees no observed genes).
 
     python benchmarks/dual_as_classifier.py qs/models/sft qs/data/pbmc68k_reduced/tasks
     python benchmarks/dual_as_classifier.py qs/models/sft qs/data/pbmc68k_reduced/tasks --generative-dual 8
+
+``--cells FILE.h5ad --label-key KEY`` reads labelled cells instead of a tasks folder, the prompts
+built exactly as ``cellduality adapt`` builds them (``adaptation.rows.build_rows``: ranked within
+the model's gene panel), the label only for scoring: does the reward's signal hold on another
+domain (issue #12)? With ``--primal`` it also prints the *primal* used the same way (its
+answer-only label likelihoods, what fast annotation ranks) and the two combined: GRPO with the
+duality reward pulls the primal towards the dual's ranking, which can only help where the dual
+ranks better. Under a KL penalty of weight beta, the policy that maximises a reward ``log P_dual(y)``
+is ``pi_ref(y) * P_dual(y) ** (1 / beta)``: the "primal x dual" lines are that policy's accuracy
+(beta = 1, and the dual sharpened by w = 1 / beta).
+
+    python benchmarks/dual_as_classifier.py runs/ood/kang2018/seed0/models/sft --cells runs/ood/kang2018/data/B_test.h5ad \
+        --label-key cell_type --primal
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-from cellduality.models import load_model
-from cellduality.models.loading import inference_device
+from cellduality.inference.model import CellDualityModel
 from cellduality.models.scoring import make_score_fn
 from cellduality.tasks.base import direct_prompt, direct_response, loads
 from cellduality.tasks.builders import load_task_datasets, load_tasks
@@ -28,19 +41,36 @@ from cellduality.tasks.builders import load_task_datasets, load_tasks
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("tasks_dir")
+    parser.add_argument("tasks_dir", nargs="?", help="a tasks folder (or --cells)")
+    parser.add_argument("--cells", help="labelled .h5ad instead of a tasks folder (prompts as adapt builds them)")
+    parser.add_argument("--label-key", help="with --cells: the .obs column of the labels")
+    parser.add_argument("--primal", action="store_true", help="also the primal's answer-only label posterior")
     parser.add_argument("--task", default="annotation")
     parser.add_argument("--split", default="test")
     parser.add_argument("--generative-dual", type=int, default=0, metavar="N",
                         help="score the top-N genes after the generation task's prompt instead")
     args = parser.parse_args()
-    tasks = load_tasks(args.tasks_dir)
+    if (args.tasks_dir is None) == (args.cells is None) or (args.cells is not None) != (args.label_key is not None):
+        parser.error("give a tasks folder, or --cells with --label-key")
+    if args.cells:
+        tasks, rows, truth_names = _rows_from_cells(args.model, args.cells, args.label_key, args.task)
+        args.split = Path(args.cells).name
+    else:
+        tasks = load_tasks(args.tasks_dir)
+        rows = [r for r in load_task_datasets(args.tasks_dir, "primal")[args.split] if r["task"] == args.task]
+        truth_names = [tasks[args.task].render_answer(loads(r["target"])) for r in rows]
     task = tasks[args.task]
-    rows = [r for r in load_task_datasets(args.tasks_dir, "primal")[args.split] if r["task"] == args.task]
     labels = task.answer_candidates()
     keys = [task.render_answer(a) for a in labels]
-    truth = np.array([keys.index(task.render_answer(loads(r["target"]))) for r in rows])
-    model, tokenizer = load_model(args.model, device=inference_device())
+    unknown_labels = sorted(set(truth_names) - set(keys))
+    if unknown_labels:  # a cell type the model was never taught cannot be right; counted, not hidden
+        print(f"{sum(t in unknown_labels for t in truth_names)} cells of types the model does not know "
+              f"({', '.join(unknown_labels)}) left out")
+        rows = [r for r, t in zip(rows, truth_names, strict=True) if t in keys]
+        truth_names = [t for t in truth_names if t in keys]
+    truth = np.array([keys.index(t) for t in truth_names])
+    mdl = CellDualityModel.load(args.model)  # the GPU when there is one
+    model, tokenizer = mdl.model, mdl.tokenizer
     score = make_score_fn(model, tokenizer)
     prompts: list[str] = []
     targets: list[str] = []
@@ -57,20 +87,65 @@ def main() -> None:
             prompts += query.prompts
             targets += query.targets
     logp = np.array([s.logprob for s in score(prompts, targets)]).reshape(len(rows), len(keys))
-    post = np.exp(logp - logp.max(1, keepdims=True))
-    post /= post.sum(1, keepdims=True)
-    right = post[np.arange(len(rows)), truth]
-    wrong = np.ma.masked_array(post, mask=np.eye(len(keys), dtype=bool)[truth])
-    auc = float(np.mean((right[:, None] > wrong) + 0.5 * (right[:, None] == wrong)))
+    post = _softmax(logp)
     dual = f"generation, top-{args.generative_dual} genes" if args.generative_dual else "inpainting"
     print(f"{len(rows)} {args.split} cells, {len(keys)} labels, dual: {dual}")
-    print(f"dual as a classifier: accuracy {np.mean(post.argmax(1) == truth):.3f} "
-          f"(majority class {np.bincount(truth).max() / len(truth):.3f})")
-    print(f"true label: mean posterior {right.mean():.3f} (flat {1 / len(keys):.3f}), "
-          f"mean rank {1 + np.mean((post > right[:, None]).sum(1)):.2f}; right-vs-wrong AUC (all wrong labels) {auc:.3f}")
-    print("label | cells | predicted | mean posterior (the dual's prior)")
+    print(f"majority class {np.bincount(truth, minlength=len(keys)).max() / len(truth):.3f}")
+    _report("dual", post, truth)
+    columns = {"dual": post}
+    if args.primal:
+        from cellduality.inference.fast import answer_prompts, rank_labels, taught_form
+
+        form = taught_form(args.model, args.task)
+        if not form:
+            parser.error(f"{args.model} was not taught answer-only rows for {args.task}")
+        cells = [(loads(r["known"]), loads(r["unknown"])) for r in rows]
+        primal = rank_labels(task, mdl, answer_prompts(task, form, [r["prompt"] for r in rows], cells))
+        _report("primal", primal, truth)
+        combined = _softmax(np.log(primal + 1e-12) + np.log(post + 1e-12))
+        _report("primal x dual", combined, truth)
+        # the dual sharpened (likelihood_temperature 1/w): where a KL-regularised reward could pull at most
+        print("primal x dual^w accuracy: " + ", ".join(
+            f"w={w} {np.mean((np.log(primal + 1e-12) + w * logp).argmax(1) == truth):.3f}" for w in (3, 10, 30, 100)))
+        columns |= {"primal": primal, "primal x dual": combined}
+    print("label | cells | " + " | ".join(f"{n} predicted | {n} mean posterior" for n in columns))
     for i, k in enumerate(keys):
-        print(f"{k} | {np.sum(truth == i)} | {np.sum(post.argmax(1) == i)} | {post[:, i].mean():.3f}")
+        print(f"{k} | {np.sum(truth == i)} | " + " | ".join(f"{np.sum(p.argmax(1) == i)} | {p[:, i].mean():.3f}"
+                                                        for p in columns.values()))
+
+
+def _softmax(logp: np.ndarray) -> np.ndarray:
+    post = np.exp(logp - logp.max(1, keepdims=True))
+    return post / post.sum(1, keepdims=True)
+
+
+def _report(name: str, post: np.ndarray, truth: np.ndarray) -> None:
+    """Accuracy, macro-F1, the true label's posterior and rank, right-vs-wrong AUC over all wrong labels."""
+    from sklearn.metrics import f1_score
+
+    right = post[np.arange(len(truth)), truth]
+    wrong = np.ma.masked_array(post, mask=np.eye(post.shape[1], dtype=bool)[truth])
+    auc = float(np.mean((right[:, None] > wrong) + 0.5 * (right[:, None] == wrong)))
+    print(f"{name} as a classifier: accuracy {np.mean(post.argmax(1) == truth):.3f}, macro-F1 "
+          f"{f1_score(truth, post.argmax(1), average='macro'):.3f}; true label: mean posterior {right.mean():.3f} "
+          f"(flat {1 / post.shape[1]:.3f}), mean rank {1 + np.mean((post > right[:, None]).sum(1)):.2f}; "
+          f"right-vs-wrong AUC (all wrong labels) {auc:.3f}")
+
+
+def _rows_from_cells(model: str, cells_path: str, label_key: str, task_name: str):  # noqa: ANN202
+    """``adapt``'s rows for labelled cells, and each row's label (read only for scoring)."""
+    import anndata as ad
+
+    from cellduality.adaptation.rows import build_rows
+    from cellduality.tasks import load_tasks as model_tasks
+
+    tasks = model_tasks(Path(model) / "cellduality.json")
+    adata = ad.read_h5ad(cells_path)
+    if label_key not in adata.obs:
+        raise SystemExit(f"{cells_path} has no .obs column '{label_key}'")
+    rows = build_rows(adata, {task_name: tasks[task_name]}, seed=0).rows
+    label = dict(zip(adata.obs_names.astype(str), adata.obs[label_key].astype(str), strict=True))
+    return tasks, rows, [label[r["id"].split(":", 1)[1]] for r in rows]
 
 
 if __name__ == "__main__":

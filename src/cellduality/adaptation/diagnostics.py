@@ -13,6 +13,13 @@ without labels, with the same reward objects GRPO will use:
   temperature) whose rewards are all equal -- groups that give GRPO no gradient at all.
 * **agreement**: the share of sampled answers equal to the greedy one (1.0: sampling explores
   nothing, every group is zero-spread).
+* **where the reward pulls** (classification, likelihood reward): the reward of every candidate
+  label for each cell. Its mean top value against a flat ``1/K`` says whether the dual reads the
+  label at all (on Kang 2018 one SFT seed's dual gave the true label 0.149 against a flat 0.143,
+  and its favourite label was right for 25 % of cells, below the majority class: duality RL can
+  only pull such a model towards a worse classifier, docs/results.md); the share of cells whose
+  preferred label differs from the model's answer, and the labels it prefers, say where
+  adaptation would take the model -- a user can judge that against what they know of their cells.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ MIN_AUC = 0.6
 """Below this self-consistency AUC the reward barely separates answers: adaptation is unlikely to help."""
 MAX_ZERO_SPREAD = 0.5
 """Above this share of zero-spread groups most GRPO steps carry no gradient."""
+MIN_SHARPNESS = 1.5
+"""The reward's favourite label must average at least this multiple of a flat ``1/K`` posterior, or
+the dual hardly reads the label: the reward differs between answers by noise."""
 
 
 def _pseudo_rows(task: Task, examples: list[Example], answers: list[Any]) -> list[dict[str, Any]]:
@@ -45,7 +55,12 @@ def label_free_diagnostics(model: Any, tasks: Mapping[str, Task], examples: Mapp
     :class:`~cellduality.training.grpo.GRPOSettings` of the run (G, temperature, completion
     length, which duality reward).
     """
-    from cellduality.evaluation.reward_diagnostics import make_duality_reward, own_answers, right_vs_wrong
+    from cellduality.evaluation.reward_diagnostics import (
+        make_duality_reward,
+        own_answers,
+        reward_preference,
+        right_vs_wrong,
+    )
 
     reward = make_duality_reward(tasks, settings.dual_reward, model.model, model.tokenizer,
                                  dual_max_new_tokens=settings.dual_max_new_tokens,
@@ -79,6 +94,8 @@ def label_free_diagnostics(model: Any, tasks: Mapping[str, Task], examples: Mapp
                 sampled_malformed_share=sampled["malformed_share"],
                 predicted=_counts(task, answers),
             )
+            if settings.dual_reward == "likelihood" and task.kind == "classification":
+                result.update(reward_preference(task, rows, reward))
         else:
             result.update(self_consistency_auc=None, zero_spread_share=None)
         result["verdict"] = verdict(name, result)
@@ -101,6 +118,11 @@ def verdict(name: str, result: Mapping[str, Any]) -> str:
     if auc is None:
         return (f"{name}: the model gave no parseable answer to these cells, so the reward has nothing to rank; "
                 "adaptation cannot help (check gene identifiers, or the model).")
+    top, flat = result.get("reward_top_mean"), result.get("reward_flat")
+    if top is not None and flat and top < MIN_SHARPNESS * flat:
+        return (f"{name}: the reward cannot help here: the dual hardly reads the label (its favourite label "
+                f"averages {top:.3f}, a flat guess {flat:.3f}), so rewards differ between answers by little more "
+                "than noise; adaptation is unlikely to improve this task.")
     if auc < MIN_AUC:
         return (f"{name}: the reward cannot help here: it ranks the model's own answer over another label only "
                 f"{auc:.2f} of the time (AUC < {MIN_AUC}); adaptation is unlikely to improve this task.")
@@ -108,6 +130,11 @@ def verdict(name: str, result: Mapping[str, Any]) -> str:
         return (f"{name}: the reward separates answers (AUC {auc:.2f}) but {spread:.0%} of sampled groups have no "
                 "reward spread (no gradient); raise temperature or num_generations, or expect little change.")
     # Not "adaptation will help": on Kang 2018 (AUC 0.67-0.82 on 3 seeds) it did not (docs/results.md).
+    pull = ""
+    if result.get("reward_preferred"):
+        favourites = ", ".join(f"{k} {v}" for k, v in list(result["reward_preferred"].items())[:3])
+        pull = (f" It prefers another label than the model's for {result['reward_prefers_other_share']:.0%} "
+                f"of cells (its favourites: {favourites}): that is where adaptation will pull.")
     return (f"{name}: the reward separates the model's answer from other labels (AUC {auc:.2f}; "
             f"{spread or 0:.0%} zero-spread groups): adaptation can move the model, but this does not show it "
-            "will be more accurate (without labels nothing here can); check on a few labelled cells.")
+            f"will be more accurate (without labels nothing here can); check on a few labelled cells.{pull}")

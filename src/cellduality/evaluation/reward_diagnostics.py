@@ -95,6 +95,37 @@ def right_vs_wrong(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, s
     }
 
 
+def reward_preference(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any) -> dict[str, Any]:
+    """Where the reward pulls a classification task: its value for *every* candidate label per input.
+
+    GRPO moves the policy towards the answers the reward ranks highest, so with a reward that is a
+    posterior over the candidates (the likelihood duality reward) the label it prefers for a cell
+    is where adaptation takes that cell, and how far that posterior is from flat says how much the
+    dual reads the label at all. Needs no label: ``row["target"]`` is only compared with, as the
+    answer the model gives now (the pseudo rows of the label-free diagnostics). Returns
+    ``{}`` for tasks with fewer than two candidates.
+    """
+    import numpy as np
+
+    keys = [task.render_answer(c) for c in task.answer_candidates()]
+    if len(keys) < 2 or not rows:
+        return {}
+    completions = [format_response("", key) for _ in rows for key in keys]
+    values = np.asarray(reward([""] * len(completions), completions, **_columns(rows, repeat=len(keys))),
+                        dtype=float).reshape(len(rows), len(keys))
+    preferred = values.argmax(1)
+    current = [task.render_answer(loads(row["target"])) for row in rows]
+    counts: dict[str, int] = {}
+    for index in preferred:
+        counts[keys[index]] = counts.get(keys[index], 0) + 1
+    return {
+        "reward_top_mean": float(values.max(1).mean()),
+        "reward_flat": 1.0 / len(keys),
+        "reward_prefers_other_share": float(np.mean([keys[i] != c for i, c in zip(preferred, current, strict=True)])),
+        "reward_preferred": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+    }
+
+
 def own_answers(task: Task, rows: Sequence[Mapping[str, Any]], reward: Any, generate: Any,
                 num_generations: int) -> dict[str, Any]:
     """Sample G answers per prompt; reward vs correctness AUC and the share of zero-spread groups."""
