@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: ../shared/data (CELLDUALITY_DATA_DIR)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--preset", default="mini")
-    parser.add_argument("--epochs", type=float, default=None, help="SFT epochs on A (default 3; 2 with --small)")
+    parser.add_argument("--epochs", type=float, default=None, help="SFT epochs on A (default 8: after 3 the mini primal named 2 of Kang's 7 types; 2 with --small)")
     parser.add_argument("--extra-epochs", type=float, default=1.0)
     parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the recipe's max_steps)")
@@ -304,7 +304,7 @@ def main() -> None:
     if args.small:
         args.preset, args.extra_epochs, args.diagnose_cells = "tiny", 0.5, 32
         args.epochs, args.steps = args.epochs or 2.0, args.steps or 20
-    args.epochs = args.epochs or 3.0
+    args.epochs = args.epochs or 8.0
     args.pair = args.pair or sorted(PAIRS)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     start = time.time()
