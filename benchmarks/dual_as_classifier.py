@@ -52,8 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     if (args.tasks_dir is None) == (args.cells is None) or (args.cells is not None) != (args.label_key is not None):
         parser.error("give a tasks folder, or --cells with --label-key")
+    mdl = CellDualityModel.load(args.model)  # the GPU when there is one
     if args.cells:
-        tasks, rows, truth_names = _rows_from_cells(args.model, args.cells, args.label_key, args.task)
+        tasks, rows, truth_names = _rows_from_cells(mdl.tasks, args.cells, args.label_key, args.task)
         args.split = Path(args.cells).name
     else:
         tasks = load_tasks(args.tasks_dir)
@@ -69,7 +70,6 @@ def main() -> None:
         rows = [r for r, t in zip(rows, truth_names, strict=True) if t in keys]
         truth_names = [t for t in truth_names if t in keys]
     truth = np.array([keys.index(t) for t in truth_names])
-    mdl = CellDualityModel.load(args.model)  # the GPU when there is one
     model, tokenizer = mdl.model, mdl.tokenizer
     score = make_score_fn(model, tokenizer)
     prompts: list[str] = []
@@ -132,14 +132,12 @@ def _report(name: str, post: np.ndarray, truth: np.ndarray) -> None:
           f"right-vs-wrong AUC (all wrong labels) {auc:.3f}")
 
 
-def _rows_from_cells(model: str, cells_path: str, label_key: str, task_name: str):  # noqa: ANN202
+def _rows_from_cells(tasks, cells_path: str, label_key: str, task_name: str):  # noqa: ANN001, ANN202
     """``adapt``'s rows for labelled cells, and each row's label (read only for scoring)."""
     import anndata as ad
 
     from cellduality.adaptation.rows import build_rows
-    from cellduality.tasks import load_tasks as model_tasks
 
-    tasks = model_tasks(Path(model) / "cellduality.json")
     adata = ad.read_h5ad(cells_path)
     if label_key not in adata.obs:
         raise SystemExit(f"{cells_path} has no .obs column '{label_key}'")
