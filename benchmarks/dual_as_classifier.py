@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--cells", help="labelled .h5ad instead of a tasks folder (prompts as adapt builds them)")
     parser.add_argument("--label-key", help="with --cells: the .obs column of the labels")
     parser.add_argument("--primal", action="store_true", help="also the primal's answer-only label posterior")
+    parser.add_argument("--model-frequencies", action="store_true",
+                        help="with --cells and hide: rare: hide the genes rare in the model's training cells, not in "
+                             "these cells (adapt's default recounts on the cells)")
     parser.add_argument("--task", default="annotation")
     parser.add_argument("--split", default="test")
     parser.add_argument("--generative-dual", type=int, default=0, metavar="N",
@@ -54,7 +57,8 @@ def main() -> None:
         parser.error("give a tasks folder, or --cells with --label-key")
     mdl = CellDualityModel.load(args.model)  # the GPU when there is one
     if args.cells:
-        tasks, rows, truth_names = _rows_from_cells(mdl.tasks, args.cells, args.label_key, args.task)
+        tasks, rows, truth_names = _rows_from_cells(mdl.tasks, args.cells, args.label_key, args.task,
+                                                    recount=not args.model_frequencies)
         args.split = Path(args.cells).name
     else:
         tasks = load_tasks(args.tasks_dir)
@@ -132,7 +136,7 @@ def _report(name: str, post: np.ndarray, truth: np.ndarray) -> None:
           f"right-vs-wrong AUC (all wrong labels) {auc:.3f}")
 
 
-def _rows_from_cells(tasks, cells_path: str, label_key: str, task_name: str):  # noqa: ANN001, ANN202
+def _rows_from_cells(tasks, cells_path: str, label_key: str, task_name: str, recount: bool):  # noqa: ANN001, ANN202
     """``adapt``'s rows for labelled cells, and each row's label (read only for scoring)."""
     import anndata as ad
 
@@ -141,7 +145,8 @@ def _rows_from_cells(tasks, cells_path: str, label_key: str, task_name: str):  #
     adata = ad.read_h5ad(cells_path)
     if label_key not in adata.obs:
         raise SystemExit(f"{cells_path} has no .obs column '{label_key}'")
-    rows = build_rows(adata, {task_name: tasks[task_name]}, seed=0).rows
+    built = build_rows(adata, {task_name: tasks[task_name]}, seed=0, recount=recount)
+    rows, tasks = built.rows, {**tasks, **built.tasks}
     label = dict(zip(adata.obs_names.astype(str), adata.obs[label_key].astype(str), strict=True))
     return tasks, rows, [label[r["id"].split(":", 1)[1]] for r in rows]
 

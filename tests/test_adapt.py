@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from cellduality.adaptation.rows import MIN_CELLS, build_rows
 from cellduality.cli.main import main
 from cellduality.errors import CellDualityError
 from cellduality.tasks import build_task_datasets, load_tasks
+from cellduality.tasks.inpainting import full_cell
 from cellduality.training.grpo import GRPOSettings
 from helpers import save_tiny_model, to_cells
 
@@ -73,6 +75,49 @@ def test_rows_never_read_labels(pbmc_small, sft_dir):
     assert build_rows(adata, tasks, seed=4).rows != first.rows  # the seed is not ignored
     with pytest.raises(CellDualityError, match="not trained on sensitivity"):
         build_rows(adata, tasks, drug="PLX4720")
+
+
+def test_rare_hiding_is_recounted_on_the_users_cells(pbmc_small, sft_dir):
+    """``hide: rare`` hides what is rare among the cells being adapted to, unless told to keep the model's counts."""
+    from cellduality.tasks import get_task
+    from cellduality.tasks.inpainting import prompt_frequency
+
+    model_task = load_tasks(sft_dir / "cellduality.json")["annotation"]
+    frequency = {g: 1000 - i for i, g in enumerate(sorted(model_task.context.genes))}  # a made-up training count
+    rare = get_task("annotation", replace(model_task.context, gene_frequency=frequency), hide="rare", n_hidden=3)
+    adata = pbmc_small[:60].copy()
+    posed = build_rows(adata, {"annotation": rare}, seed=0)
+    counts = prompt_frequency([full_cell(json.loads(r["known"]), json.loads(r["unknown"])) for r in posed.rows],
+                              rare.max_genes)
+    assert posed.tasks["annotation"].context.gene_frequency == counts
+    kept = build_rows(adata, {"annotation": rare}, seed=0, recount=False)
+    assert kept.tasks["annotation"] is rare and kept.rows != posed.rows
+    for built, freq in ((posed, counts), (kept, frequency)):
+        for row in built.rows:
+            hidden = json.loads(row["unknown"])["hidden"]
+            shown = [g for g in json.loads(row["known"])["masked"] if g is not None]
+            assert len(hidden) == 3 and max(freq.get(g, 0) for g in hidden) <= min(freq.get(g, 0) for g in shown)
+    interleaved = build_rows(adata, {"annotation": model_task}, seed=0)
+    assert interleaved.tasks["annotation"] is model_task  # other strategies: nothing recounted
+
+
+def test_inference_poses_the_task_on_the_cells_it_annotates(pbmc_small, sft_dir, monkeypatch):
+    """Annotation poses the task on the annotated cells as adapt does (so `hide: rare` counts among them)."""
+    from cellduality.inference.predict import annotate, model_sentences
+    from cellduality.tasks.inpainting import InpaintingTask
+
+    seen: list = []
+    original = InpaintingTask.posed_on
+
+    def spy(self, cells):  # noqa: ANN001, ANN202
+        seen.append([list(c) for c in cells])
+        return original(self, cells)
+
+    monkeypatch.setattr(InpaintingTask, "posed_on", spy)
+    adata = pbmc_small[:24].copy()
+    annotate(adata, sft_dir, batch_size=8)
+    expected, _ = model_sentences(adata, load_tasks(sft_dir / "cellduality.json")["annotation"], 0)
+    assert seen == [expected]
 
 
 def test_adapt_end_to_end(pbmc_small, cells_file, sft_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 
 from cellduality.errors import CellDualityError
 from cellduality.tasks import build_task_datasets, get_task, load_tasks
+from cellduality.tasks.builders import load_task_datasets
 from helpers import to_cells
 
 
@@ -56,4 +57,21 @@ def test_tasks_list_shows_the_declared_options(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert "annotation.n_hidden=8  (int)" in out and "perturbation.include_control=True  (bool)" in out
-    assert "annotation.hide='interleaved'  (one of interleaved, random, tail)" in out
+    assert "annotation.hide='interleaved'  (one of interleaved, random, tail, rare)" in out
+
+
+def test_rare_hiding_counts_genes_of_the_training_cells_only(pbmc_small, tmp_path):
+    cells = to_cells(pbmc_small, "bulk_labels", top_k=24, raw=True)
+    build_task_datasets(cells, ["annotation"], tmp_path / "t", max_genes=12, max_examples=16,
+                        task_options={"annotation": {"n_hidden": "4", "hide": "rare"}})
+    task = load_tasks(tmp_path / "t")["annotation"]
+    train = cells.splits["train"]
+    expected: dict[str, int] = {}
+    for i in train:
+        for gene in set(cells.sentences[i].split()[:12]):
+            expected[gene] = expected.get(gene, 0) + 1
+    assert task.context.gene_frequency == expected
+    row = load_task_datasets(tmp_path / "t", "dual")["train"][0]
+    hidden, shown = json.loads(row["unknown"])["hidden"], [g for g in json.loads(row["known"])["masked"] if g]
+    assert len(hidden) == 4
+    assert max(expected.get(g, 0) for g in hidden) <= min(expected.get(g, 0) for g in shown)

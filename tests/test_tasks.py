@@ -140,10 +140,12 @@ def test_reference_answers_round_trip(name):
 
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(2, 64), seed=st.integers(0, 2**31 - 1), m=st.integers(1, 16),
-       hide=st.sampled_from(["interleaved", "random", "tail"]))
+       hide=st.sampled_from(["interleaved", "random", "tail", "rare"]))
 def test_dual_prompt_never_contains_a_hidden_gene(n, seed, m, hide):
-    task = get_task("annotation", TaskContext(labels=LABELS), n_hidden=m, hide=hide, max_genes=64)
     cell = [f"GENE{i}X" for i in range(n)]  # no gene is a substring of another
+    frequency = {g: (seed + 7 * i) % 11 for i, g in enumerate(cell)}  # some genes unseen in training (0)
+    task = get_task("annotation", TaskContext(labels=LABELS, gene_frequency=frequency), n_hidden=m, hide=hide,
+                    max_genes=64)
     ex = Example("a", "annotation", {"cell": cell}, "CD19+ B", seed)
     known, unknown = task.split(ex)
     hidden = unknown["hidden"]
@@ -157,6 +159,24 @@ def test_dual_prompt_never_contains_a_hidden_gene(n, seed, m, hide):
         positions = [cell.index(g) for g in hidden]
         assert all(b - a == 2 for a, b in zip(positions, positions[1:], strict=False))
         assert positions[-1] < 2 * len(hidden)
+    if hide == "rare":  # no shown gene is rarer than a hidden one
+        shown = [g for g in known["masked"] if g is not None]
+        assert max(frequency[g] for g in hidden) <= min(frequency[g] for g in shown)
+
+
+def test_rare_hiding_hides_the_least_frequent_genes_and_needs_frequencies():
+    frequency = {"RPL13": 90, "B2M": 88, "CD79A": 3, "MS4A1": 5, "TMSB4X": 80, "CD74": 40}
+    task = get_task("annotation", TaskContext(labels=LABELS, gene_frequency=frequency), n_hidden=2, hide="rare")
+    cell = ["RPL13", "CD79A", "B2M", "MS4A1", "TMSB4X", "CD74", "NOVEL1"]
+    known, unknown = task.split(Example("a", "annotation", {"cell": cell}, "CD19+ B", 0))
+    assert unknown["hidden"] == ["CD79A", "NOVEL1"]  # a gene no training cell showed is the rarest
+    assert task.split(Example("a", "annotation", {"cell": cell}, "CD19+ B", 99)) == (known, unknown)  # no seed
+    round_trip = TaskContext.from_dict(task.context.to_dict())
+    assert round_trip.gene_frequency == frequency
+    assert "gene_frequency" not in TaskContext(labels=LABELS).to_dict()  # other strategies: file unchanged
+    bare = get_task("annotation", TaskContext(labels=LABELS), hide="rare")
+    with pytest.raises(CellDualityError, match="no gene frequencies"):
+        bare.split(Example("a", "annotation", {"cell": cell}, "CD19+ B", 0))
 
 
 def test_split_phase_and_paraphrase_vary_with_the_seed():

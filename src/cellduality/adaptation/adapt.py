@@ -163,7 +163,8 @@ def _diagnose(model_dir: Path, tasks: Any, rows: Any, settings: GRPOSettings, ce
 
     mdl = CellDualityModel.load(model_dir)
     try:
-        report = label_free_diagnostics(mdl, tasks, {n: rows.examples[n] for n in rows.counts}, settings=settings,
+        report = label_free_diagnostics(mdl, {**tasks, **rows.tasks}, {n: rows.examples[n] for n in rows.counts},
+                                        settings=settings,
                                         max_examples=cells, seed=seed)
     finally:
         del mdl

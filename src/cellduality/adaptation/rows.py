@@ -46,6 +46,8 @@ class AdaptationRows:
     n_cells: int = 0
     skipped_few_genes: int = 0
     overlap: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict, repr=False)
+    """The tasks as posed on these cells (:meth:`Task.posed_on`); the diagnostics split with them."""
 
     def digest(self) -> str:
         """Identifies the rows (and so the input cells and options) for ``--resume``."""
@@ -150,8 +152,12 @@ def check_cells(adata: Any) -> None:
 def build_rows(adata: AnnData, tasks: Mapping[str, Task], *, seed: int = 0, drug_key: str | None = None,
                drug: str | None = None, control_key: str | None = None, control_value: str = "control",
                max_cells: int | None = None, min_overlap: float = 0.5,
-               sentence_options: Mapping[str, Any] | None = None) -> AdaptationRows:
-    """The RL rows of ``adata`` for the model's ``tasks`` (no label read; see the module docstring)."""
+               sentence_options: Mapping[str, Any] | None = None, recount: bool = True) -> AdaptationRows:
+    """The RL rows of ``adata`` for the model's ``tasks`` (no label read; see the module docstring).
+
+    ``recount``: pose each task on these cells (:meth:`Task.posed_on`, e.g. ``hide: rare`` counts
+    which genes are rare among *these* cells); ``False`` keeps the statistics of the model's training data.
+    """
     import numpy as np
 
     from cellduality.inference.predict import model_sentences
@@ -175,6 +181,8 @@ def build_rows(adata: AnnData, tasks: Mapping[str, Task], *, seed: int = 0, drug
             f"Only {overlap['model_genes_in_data']} of the model's {overlap['model_genes']} genes "
             f"({overlap['overlap']:.0%}) are expressed in your cells (threshold {min_overlap:.0%}); check gene "
             "identifiers (symbols, species) or lower --min-overlap.")
+    if recount:
+        tasks = {**tasks, **{name: tasks[name].posed_on(cells) for name in names}}
     examples: dict[str, list[Example]] = {}
     skipped = 0
     for name in names:
@@ -192,7 +200,8 @@ def build_rows(adata: AnnData, tasks: Mapping[str, Task], *, seed: int = 0, drug
     rows = [rl_row(tasks[name], ex) for name in names for ex in examples[name]]
     order = np.random.default_rng([seed, 13]).permutation(len(rows))
     return AdaptationRows(rows=[rows[i] for i in order], counts={n: len(e) for n, e in examples.items()},
-                          examples=examples, n_cells=len(ids), skipped_few_genes=skipped, overlap=overlap)
+                          examples=examples, n_cells=len(ids), skipped_few_genes=skipped, overlap=overlap,
+                          tasks={name: tasks[name] for name in names})
 
 
 def write_tasks_folder(rows: AdaptationRows, model_dir: str | Path, out: str | Path,

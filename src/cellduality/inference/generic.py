@@ -146,6 +146,7 @@ def predict(
     else:
         cells, overlap = model_sentences(out, found, seed, **inputs)
         _check_overlap(overlap, cells, min_overlap)
+        found = found.posed_on(cells)  # as adapt poses it: e.g. `hide: rare` counts rarity among these cells
     examples = cell_examples(found, out.obs_names, cells, rows, seed)
     common = {"key": key, "batch_size": batch_size, "seed": seed, "false_claims": false_claims,
               "tasks_dir": tasks_dir}

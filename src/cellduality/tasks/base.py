@@ -128,6 +128,9 @@ class TaskContext:
     perturbations: tuple[str, ...] = ()
     drugs: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    gene_frequency: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    """In how many *training* cells' prompts each gene appears (label-free); filled only for tasks
+    whose dual needs it (``hide: rare``), empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,7 @@ class TaskContext:
             "perturbations": list(self.perturbations),
             "drugs": list(self.drugs),
             "options": dict(self.options),
+            **({"gene_frequency": dict(sorted(self.gene_frequency.items()))} if self.gene_frequency else {}),
         }
 
     @classmethod
@@ -148,6 +152,7 @@ class TaskContext:
             perturbations=tuple(data.get("perturbations", ())),
             drugs=tuple(data.get("drugs", ())),
             options=dict(data.get("options", {})),
+            gene_frequency={str(k): int(v) for k, v in (data.get("gene_frequency") or {}).items()},
         )
 
 
@@ -227,6 +232,15 @@ class Task(ABC):
         self.context = context or TaskContext()
         values = validate_options(self.name, self.options_model, {**self.context.options, **options})
         self.options: dict[str, Any] = values.model_dump()
+
+    def posed_on(self, cells: Sequence[Sequence[str]]) -> Task:
+        """This task as posed on another dataset's ranked cells (adaptation, label-free).
+
+        A task whose ``x_k``/``x_u`` split rests on statistics of the cells (``hide: rare``) recounts
+        them on ``cells``: what is rare in stimulated cells is not what was rare in the controls the
+        model was trained on. Default: the task unchanged.
+        """
+        return self
 
     def input_cell(self, known: Known, unknown: Unknown) -> list[str] | None:
         """The whole cell the primal was shown, rebuilt from ``(x_k, x_u)``; ``None`` when the

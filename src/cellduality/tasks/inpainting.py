@@ -7,13 +7,22 @@ genes ``c_hid``; the reward is ``RWJS(c_hid, ĉ_hid)``. A good label helps inpai
 hidden genes carry the label's signal, so by default we hide every other gene of ranks 1..2m
 (``../shared/data/BASELINES.md`` beside the repo: hiding the top carries the signal, hiding the tail does not).
 
+Why the choice matters: with a perfect dual, ``log P(c_hid | label, c_obs) = log P(label | cell) -
+log P(label | c_obs) + const`` (Bayes), so the reward can separate labels only as far as the hidden
+genes tell the label *beyond* the observed ones. Hiding genes the observed ones predict (every other
+top gene) makes a well-trained dual flat; ``hide: rare`` hides each cell's genes that are least
+frequent in the training cells -- the specific ones -- so the observed genes are the ubiquitous
+ones and the label is needed to fill the gaps (docs/results.md, "What the dual can tell").
+
 Annotation and drug sensitivity are both subclasses; a new label-prediction task is one module
 that sets the templates and how labels and extra inputs (e.g. the drug) are read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cellduality.errors import CellDualityError
@@ -40,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
 
 MASK = "___"
-HIDE_STRATEGIES = ("interleaved", "random", "tail")
+HIDE_STRATEGIES = ("interleaved", "random", "tail", "rare")
 
 
 def full_cell(known: Mapping[str, Any], unknown: Mapping[str, Any]) -> list[str]:
@@ -49,12 +58,22 @@ def full_cell(known: Mapping[str, Any], unknown: Mapping[str, Any]) -> list[str]
     return [gene if gene is not None else next(hidden, "") for gene in known.get("masked") or []]
 
 
+def prompt_frequency(cells: Iterable[str | Sequence[str]], max_genes: int) -> dict[str, int]:
+    """In how many of ``cells`` (sentences or gene lists) each gene is among the first ``max_genes``."""
+    counts: Counter[str] = Counter()
+    for genes in cells:
+        counts.update(set(genes_of(genes, max_genes)))
+    return dict(counts)
+
+
 class InpaintingTask(Task):
     """Cell (+ extra inputs) -> label; dual: (c_obs, extras, label) -> c_hid.
 
     Options: :class:`~cellduality.tasks.options.InpaintingOptions` (``max_genes``, ``n_hidden``,
     ``hide``: ``interleaved`` = every other gene of ranks 1..2m with a seeded phase, ``random`` =
-    m random genes, ``tail`` = the last m; ``label_key``; ``labels``).
+    m random genes, ``tail`` = the last m, ``rare`` = the m genes of the cell seen in the fewest
+    training cells' prompts (:attr:`TaskContext.gene_frequency`; ties: the lower-ranked first);
+    ``label_key``; ``labels``).
     """
 
     kind: ClassVar = "classification"
@@ -109,6 +128,8 @@ class InpaintingTask(Task):
             raise CellDualityError(f"Task '{cls.name}' needs at least two labels, found {list(labels)}.")
         extras = cls.extras_context(cells, indices, options)
         options = {k: v for k, v in options.items() if v is not None}
+        if options.get("hide") == "rare":
+            extras["gene_frequency"] = cls.prompt_gene_frequency(cells, indices, options)
         return TaskContext(
             dataset=str(cells.meta.get("source", "")),
             labels=labels,
@@ -116,6 +137,21 @@ class InpaintingTask(Task):
             options=options,
             **extras,
         )
+
+    @classmethod
+    def prompt_gene_frequency(cls, cells: CellSentenceDataset, indices: Sequence[int],
+                              options: dict[str, Any]) -> dict[str, int]:
+        """In how many of the given (training) cells' prompts each gene appears; no label is read."""
+        max_genes = int(options.get("max_genes") or cls.options_model.model_fields["max_genes"].default)
+        sentences = cells.sentences
+        return prompt_frequency((sentences[i] for i in indices), max_genes)
+
+    def posed_on(self, cells: Sequence[Sequence[str]]) -> InpaintingTask:
+        """With ``hide: rare``, the gene frequencies recounted on ``cells`` (their first ``max_genes``)."""
+        if self.options["hide"] != "rare":
+            return self
+        return type(self)(replace(self.context, gene_frequency=prompt_frequency(cells, self.max_genes)),
+                          **self.options)
 
     def example_extras(self, cells: CellSentenceDataset, index: int) -> dict[str, str]:
         return {}
@@ -143,11 +179,19 @@ class InpaintingTask(Task):
         return examples
 
     # ---- duality -----------------------------------------------------------------------------
-    def hidden_positions(self, n_genes: int, seed: int) -> list[int]:
-        """0-based positions of the genes the dual must inpaint (seeded per example)."""
+    def hidden_positions(self, cell: Sequence[str], seed: int) -> list[int]:
+        """0-based positions of the genes the dual must inpaint (seeded per example), in rank order."""
+        n_genes = len(cell)
         m = max(1, min(self.n_hidden, n_genes // 2))
         rng = rng_for(seed, "split")
         hide = self.options["hide"]
+        if hide == "rare":
+            frequency = self.context.gene_frequency
+            if not frequency:
+                raise CellDualityError(f"Task '{self.name}' hides rare genes but its context has no gene "
+                                       "frequencies; rebuild the tasks with `cellduality tasks build`.")
+            rarest = sorted(range(n_genes), key=lambda i: (frequency.get(cell[i], 0), -i))[:m]
+            return sorted(rarest)
         if hide == "interleaved":
             phase = rng.randrange(2)
             return list(range(phase, n_genes, 2))[:m]
@@ -162,7 +206,7 @@ class InpaintingTask(Task):
 
     def split(self, example: Example) -> tuple[Known, Unknown]:
         cell = list(example.input["cell"])
-        hidden = set(self.hidden_positions(len(cell), example.seed))
+        hidden = set(self.hidden_positions(cell, example.seed))
         known: Known = {
             "masked": [None if i in hidden else g for i, g in enumerate(cell)],
             **{k: example.input[k] for k in self.extra_keys},

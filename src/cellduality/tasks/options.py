@@ -35,8 +35,9 @@ class InpaintingOptions(TaskOptions):
     """Label prediction whose dual inpaints hidden genes (:mod:`cellduality.tasks.inpainting`)."""
 
     n_hidden: int = Field(8, ge=1, description="genes the dual must inpaint (m)")
-    hide: Literal["interleaved", "random", "tail"] = Field(
-        "interleaved", description="which genes are hidden: every other of ranks 1..2m, m random, or the last m")
+    hide: Literal["interleaved", "random", "tail", "rare"] = Field(
+        "interleaved", description="which genes are hidden: every other of ranks 1..2m, m random, the last m, "
+                                   "or the m least frequent in the training cells (label-free)")
     labels: list[str] | None = Field(None, min_length=2, description="candidate labels (comma-separated on the "
                                                                       "command line); makes unlabelled data usable")
 
