@@ -111,6 +111,11 @@ def main() -> None:
         # the dual sharpened (likelihood_temperature 1/w): where a KL-regularised reward could pull at most
         print("primal x dual^w accuracy: " + ", ".join(
             f"w={w} {np.mean((np.log(primal + 1e-12) + w * logp).argmax(1) == truth):.3f}" for w in (3, 10, 30, 100)))
+        differ = post.argmax(1) != primal.argmax(1)
+        if differ.any():  # where a duality reward pulls a cell off the primal's answer: towards the truth?
+            print(f"dual's favourite differs from the primal's on {differ.mean():.1%} of cells; there the primal is "
+                  f"right on {np.mean(primal.argmax(1)[differ] == truth[differ]):.1%}, the dual on "
+                  f"{np.mean(post.argmax(1)[differ] == truth[differ]):.1%}")
         columns |= {"primal": primal, "primal x dual": combined}
     print("label | cells | " + " | ".join(f"{n} predicted | {n} mean posterior" for n in columns))
     for i, k in enumerate(keys):

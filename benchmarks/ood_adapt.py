@@ -109,9 +109,12 @@ def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_siz
     truth_of = dict(zip(cells.obs_names.astype(str), cells.obs[label_key].astype(str), strict=True))
     truth = [truth_of[ex.meta["cell_id"]] for ex in examples]
     guess = [str(a) if (a := task.parse_primal(t)) is not None else "unparsed" for t in texts]
+    parsed = [i for i, g in enumerate(guess) if g != "unparsed"]
     result = {"model": str(model), "cells": str(cells_path), "n": len(truth), "n_cells": cells.n_obs,
               "accuracy": accuracy_score(truth, guess), "macro_f1": f1_score(truth, guess, average="macro"),
-              "unparsed": guess.count("unparsed") / len(guess)}
+              "unparsed": guess.count("unparsed") / len(guess),
+              "accuracy_of_parsed": float(np.mean([truth[i] == guess[i] for i in parsed])) if parsed else None,
+              "answers": {ex.meta["cell_id"]: g for ex, g in zip(examples, guess, strict=True)}}
     out.write_text(json.dumps(result, indent=1))
 
 
@@ -165,7 +168,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
         jobs.append(Job(prep, ["bash", "-c", " && ".join(" ".join(c) for c in [
             cli("sentences", paths["A_train"], base / "sentences", "--label-key", spec["label"], "--test-size", 0),
             cli("tasks", "build", base / "sentences", base / "tasks", "--task", "annotation", "--max-genes",
-                args.max_genes, "--option", f"annotation.n_hidden={args.n_hidden}", "--seed", 0),
+                args.max_genes, "--option", f"annotation.n_hidden={args.n_hidden}", "--option",
+                f"annotation.hide={args.hide}", "--seed", 0),
             cli("teach", base / "tasks", base / "sft_data", "--n", 4)])]))
         jobs.append(Job(f"{pair}/logreg", me("--logreg", base / "data", spec["label"], results / "logreg.json")))
         recipe = ["--config", args.grpo_config] if args.grpo_config else []
@@ -227,7 +231,8 @@ def table(out: Path) -> str:
         seeds = sorted(p for p in pair_dir.glob("seed*") if p.is_dir())
         spec = PAIRS[pair_dir.name]
         lines += [f"**{pair_dir.name}: {spec['A']} → {spec['B']}** ({len(seeds)} seed(s))", "",
-                  "| method | B accuracy | B macro-F1 | A accuracy (forgetting) |", "|---|---|---|---|"]
+                  "| method | B accuracy | B macro-F1 | B accuracy of parsed answers | A accuracy (forgetting) |",
+                  "|---|---|---|---|---|"]
         means: dict[str, float] = {}
         for method in METHODS:
             if method == "logreg":
@@ -236,15 +241,16 @@ def table(out: Path) -> str:
                     continue
                 r = json.loads(path.read_text())
                 lines.append(f"| logreg (trained on A) | {_ms([r['B_test']['accuracy']])} | "
-                             f"{_ms([r['B_test']['macro_f1']])} | {_ms([r['A_test']['accuracy']])} |")
+                             f"{_ms([r['B_test']['macro_f1']])} | – | {_ms([r['A_test']['accuracy']])} |")
                 continue
             b = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_B_test.json").is_file()]
             a = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_A_test.json").is_file()]
             if not b:
                 continue
             means[method] = float(np.mean([r["accuracy"] for r in b]))
+            parsed = [r["accuracy_of_parsed"] for r in b if r.get("accuracy_of_parsed") is not None]
             lines.append(f"| {method} | {_ms([r['accuracy'] for r in b])} | {_ms([r['macro_f1'] for r in b])} | "
-                         f"{_ms([r['accuracy'] for r in a])} |")
+                         f"{_ms(parsed) if len(parsed) == len(b) else '–'} | {_ms([r['accuracy'] for r in a])} |")
         if {"sft", "duality", "oracle"} <= set(means):
             gap = means["oracle"] - means["sft"]
             closed = f"{100 * (means['duality'] - means['sft']) / gap:.0f} %" if gap > 0 else "undefined (oracle ≤ SFT)"
@@ -286,6 +292,8 @@ def main() -> None:
                         "(default: the default recipe)")
     parser.add_argument("--max-genes", type=int, default=24)
     parser.add_argument("--n-hidden", type=int, default=6)
+    parser.add_argument("--hide", default="interleaved", help="the dual's hiding strategy (annotation.hide); "
+                        "rare with --n-hidden 12: docs/results.md, 'What the dual can tell'")
     parser.add_argument("--diagnose-cells", type=int, default=64)
     parser.add_argument("--small", action="store_true", help="CPU budget: tiny preset, 2 SFT epochs, 20 steps")
     parser.add_argument("--jobs", type=int, default=1)
