@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
 from cellduality.errors import CellDualityError
 from cellduality.rewards import rwjs
@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cellduality.sentences import CellSentenceDataset
 
 MASK = "___"
-HIDE_STRATEGIES = ("interleaved", "random", "tail", "rare")
+HIDE_STRATEGIES: tuple[str, ...] = get_args(InpaintingOptions.model_fields["hide"].annotation)
+"""The ``hide`` values, read from the option's type so they are declared once (:mod:`.options`)."""
 
 
 def full_cell(known: Mapping[str, Any], unknown: Mapping[str, Any]) -> list[str]:
