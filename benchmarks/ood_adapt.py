@@ -14,7 +14,8 @@ through the CLI (``sentences`` / ``tasks build`` / ``teach`` / ``sft`` on A only
 * ``oracle``     -- GRPO on the same B prompts with B's labels (``grpo --reward ground-truth``), same budget;
 * ``logreg``     -- logistic regression on A's log-normalised expression (the classical anchor).
 
-Every model is read greedily on the whole B test split and on A's held-out cells (forgetting),
+Every model is read on the whole B test split and on A's held-out cells (forgetting) twice: greedy
+reasoning with the parsed answer, and the fast answer-only labels ``annotate`` gives by default,
 with prompts ranked within the model's gene panel exactly as ``adapt``/``annotate`` rank them.
 
     python benchmarks/ood_adapt.py --out runs/ood --seeds 0 1 2               # full
@@ -93,8 +94,14 @@ def oracle_tasks(model: Path, labelled: Path, label_key: str, out: Path, seed: i
                 ).save_to_disk(str(out / "rl_oracle"))
 
 
-def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_size: int = 64) -> None:
-    """Greedy annotation accuracy / macro-F1 of ``model`` on labelled cells (prompts as ``adapt`` builds them)."""
+def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_size: int = 64,
+             readout: str = "generated") -> None:
+    """Annotation accuracy / macro-F1 of ``model`` on labelled cells (prompts as ``adapt`` builds them).
+
+    ``readout="generated"``: greedy reasoning and the parsed answer (as ``evaluate`` reads a model);
+    ``"fast"``: the answer-only label ranking that ``annotate`` uses by default
+    (:func:`cellduality.inference.fast.classify_fast`), which always answers with a candidate.
+    """
     import anndata as ad
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -105,12 +112,21 @@ def evaluate(model: Path, cells_path: Path, label_key: str, out: Path, batch_siz
     cells = ad.read_h5ad(cells_path)
     task = mdl.task("annotation")
     examples = build_rows(cells, {"annotation": task}, seed=0, min_overlap=0.0).examples["annotation"]
-    texts = mdl.generator(max_new_tokens=256, batch_size=batch_size)([task.primal_prompt(ex) for ex in examples])
+    prompts = [task.primal_prompt(ex) for ex in examples]
     truth_of = dict(zip(cells.obs_names.astype(str), cells.obs[label_key].astype(str), strict=True))
     truth = [truth_of[ex.meta["cell_id"]] for ex in examples]
-    guess = [str(a) if (a := task.parse_primal(t)) is not None else "unparsed" for t in texts]
+    if readout == "fast":
+        from cellduality.inference.fast import classify_fast
+
+        result = classify_fast(task, mdl, prompts, [task.split(ex) for ex in examples], batch_size=batch_size)
+        if result.explained.any():
+            raise RuntimeError(f"{model} has no answer-only form; its fast readout would be generated")
+        guess = [str(a) for a in result.labels]
+    else:
+        texts = mdl.generator(max_new_tokens=256, batch_size=batch_size)(prompts)
+        guess = [str(a) if (a := task.parse_primal(t)) is not None else "unparsed" for t in texts]
     parsed = [i for i, g in enumerate(guess) if g != "unparsed"]
-    result = {"model": str(model), "cells": str(cells_path), "n": len(truth), "n_cells": cells.n_obs,
+    result = {"model": str(model), "cells": str(cells_path), "readout": readout, "n": len(truth), "n_cells": cells.n_obs,
               "accuracy": accuracy_score(truth, guess), "macro_f1": f1_score(truth, guess, average="macro"),
               "unparsed": guess.count("unparsed") / len(guess),
               "accuracy_of_parsed": float(np.mean([truth[i] == guess[i] for i in parsed])) if parsed else None,
@@ -207,6 +223,9 @@ def plan(args: argparse.Namespace) -> list[Job]:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     jobs.append(Job(f"{job_name}/eval_{split}", me("--evaluate", where[method], paths[split],
                                                                    spec["label"], target), [job_name]))
+                    jobs.append(Job(f"{job_name}/eval_{split}_fast", me(
+                        "--evaluate", where[method], paths[split], spec["label"],
+                        target.with_name(f"{method}_{split}_fast.json"), "--fast"), [job_name]))
             jobs.append(Job(f"{pair}/{seed}/diagnostics", ["true"], [f"{pair}/{seed}/duality"],
                             (run_dir / "adapt" / "diagnostics.json", results / f"seed{seed}" / "diagnostics.json")))
     return jobs
@@ -223,54 +242,64 @@ def _ms(values: list[float]) -> str:
 
 
 def table(out: Path) -> str:
-    """Markdown: per pair and method, accuracy / macro-F1 on B test and accuracy on A test (mean ± std over seeds)."""
+    """Markdown: per pair and method, accuracy / macro-F1 on B test and accuracy on A test (mean ± std over seeds).
+
+    One table per readout: the greedy generated answers (``<method>_<split>.json``) and, where
+    they were measured, the fast answer-only labels that ``annotate`` gives (``*_fast.json``).
+    """
     lines = []
     for pair_dir in sorted((out / "results").iterdir()):
         if not pair_dir.is_dir() or pair_dir.name == "logs":
             continue
         seeds = sorted(p for p in pair_dir.glob("seed*") if p.is_dir())
         spec = PAIRS[pair_dir.name]
-        lines += [f"**{pair_dir.name}: {spec['A']} → {spec['B']}** ({len(seeds)} seed(s))", "",
-                  "| method | B accuracy | B macro-F1 | B accuracy of parsed answers | A accuracy (forgetting) |",
-                  "|---|---|---|---|---|"]
-        means: dict[str, float] = {}
-        for method in METHODS:
-            if method == "logreg":
-                path = pair_dir / "logreg.json"
-                if not path.is_file():
+        lines += [f"**{pair_dir.name}: {spec['A']} → {spec['B']}** ({len(seeds)} seed(s))", ""]
+        for suffix, readout in (("", "greedy generated answers"), ("_fast", "fast answer-only labels (`annotate`)")):
+            if suffix and not any(any(s.glob(f"*_B_test{suffix}.json")) for s in seeds):
+                continue
+            lines += [f"Readout: {readout}.", "",
+                      "| method | B accuracy | B macro-F1 | B accuracy of parsed answers | A accuracy (forgetting) |",
+                      "|---|---|---|---|---|"]
+            means: dict[str, float] = {}
+            for method in METHODS:
+                if method == "logreg":
+                    path = pair_dir / "logreg.json"
+                    if not path.is_file():
+                        continue
+                    r = json.loads(path.read_text())
+                    lines.append(f"| logreg (trained on A) | {_ms([r['B_test']['accuracy']])} | "
+                                 f"{_ms([r['B_test']['macro_f1']])} | – | {_ms([r['A_test']['accuracy']])} |")
                     continue
-                r = json.loads(path.read_text())
-                lines.append(f"| logreg (trained on A) | {_ms([r['B_test']['accuracy']])} | "
-                             f"{_ms([r['B_test']['macro_f1']])} | – | {_ms([r['A_test']['accuracy']])} |")
-                continue
-            b = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_B_test.json").is_file()]
-            a = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_A_test.json").is_file()]
-            if not b:
-                continue
-            means[method] = float(np.mean([r["accuracy"] for r in b]))
-            parsed = [r["accuracy_of_parsed"] for r in b if r.get("accuracy_of_parsed") is not None]
-            lines.append(f"| {method} | {_ms([r['accuracy'] for r in b])} | {_ms([r['macro_f1'] for r in b])} | "
-                         f"{_ms(parsed) if len(parsed) == len(b) else '–'} | {_ms([r['accuracy'] for r in a])} |")
-        if {"sft", "duality", "oracle"} <= set(means):
-            gap = means["oracle"] - means["sft"]
-            closed = f"{100 * (means['duality'] - means['sft']) / gap:.0f} %" if gap > 0 else "undefined (oracle ≤ SFT)"
-            lines += ["", f"Duality − SFT on B: {100 * (means['duality'] - means['sft']):+.1f} points; "
-                          f"share of the SFT → oracle gap closed: {closed}."]
+                b = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_B_test{suffix}.json").is_file()]
+                a = [json.loads(p.read_text()) for s in seeds if (p := s / f"{method}_A_test{suffix}.json").is_file()]
+                if not b:
+                    continue
+                means[method] = float(np.mean([r["accuracy"] for r in b]))
+                parsed = [r["accuracy_of_parsed"] for r in b if r.get("accuracy_of_parsed") is not None]
+                lines.append(f"| {method} | {_ms([r['accuracy'] for r in b])} | {_ms([r['macro_f1'] for r in b])} | "
+                             f"{_ms(parsed) if len(parsed) == len(b) else '–'} | {_ms([r['accuracy'] for r in a])} |")
+            if {"sft", "duality", "oracle"} <= set(means):
+                gap = means["oracle"] - means["sft"]
+                closed = (f"{100 * (means['duality'] - means['sft']) / gap:.0f} %" if gap > 0
+                          else "undefined (oracle ≤ SFT)")
+                lines += ["", f"Duality − SFT on B: {100 * (means['duality'] - means['sft']):+.1f} points; "
+                              f"share of the SFT → oracle gap closed: {closed}."]
+            lines.append("")
         diag = [json.loads(p.read_text()) for s in seeds if (p := s / "diagnostics.json").is_file()]
         if diag:
             t = diag[0]["tasks"]["annotation"]
             lines += [f"Label-free diagnostics (seed {seeds[0].name[4:]}): self-consistency AUC "
                       f"{t.get('self_consistency_auc')}, zero-spread groups {t.get('zero_spread_share')}; "
-                      f"“{t['verdict']}”"]
-        lines.append("")
+                      f"“{t['verdict']}”", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("--evaluate", "--oracle-tasks", "--logreg"):
         mode, rest = sys.argv[1], sys.argv[2:]
-        if mode == "--evaluate":
-            evaluate(Path(rest[0]), Path(rest[1]), rest[2], Path(rest[3]))
+        if mode == "--evaluate":  # MODEL CELLS LABEL_KEY OUT [--fast]
+            evaluate(Path(rest[0]), Path(rest[1]), rest[2], Path(rest[3]),
+                     readout="fast" if rest[4:] == ["--fast"] else "generated")
         elif mode == "--oracle-tasks":
             oracle_tasks(Path(rest[0]), Path(rest[1]), rest[2], Path(rest[3]), int(rest[4]))
         else:
