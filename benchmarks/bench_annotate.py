@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--explain-share", type=float, default=0.1,
                         help="also run the fast path with reasoning for this share of least confident cells")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true",
+                        help="CPU only: int8 dynamic quantisation of the linear layers (torch.ao quantize_dynamic) "
+                             "before timing; the labels it changes are counted against the float32 model")
     args = parser.parse_args()
 
     import torch
@@ -72,6 +75,14 @@ def main() -> None:
     device = next(mdl.model.parameters()).device
     print(f"model {args.model} ({sum(p.numel() for p in mdl.model.parameters()) / 1e6:.1f}M parameters) on "
           f"{device}, {args.threads} threads; {adata.n_obs} cells of {args.data.name}")
+    reference = None
+    if args.int8:
+        import warnings
+
+        reference = annotate(adata.copy(), mdl, min_overlap=0.0).obs["cellduality_cell_type"].astype(str).to_numpy()
+        with warnings.catch_warnings():  # torch.ao's migration notice
+            warnings.simplefilter("ignore")
+            mdl.model = torch.ao.quantization.quantize_dynamic(mdl.model, {torch.nn.Linear}, dtype=torch.qint8)
 
     annotate(adata[:32].copy(), mdl, warn=print, min_overlap=0.0)  # warm-up (first-call allocations)
     t = time.perf_counter()
@@ -79,6 +90,9 @@ def main() -> None:
     seconds = time.perf_counter() - t
     print(f"labels + confidence: {adata.n_obs / seconds:.1f} cells/s ({adata.n_obs} cells in {seconds:.1f} s; "
           f"answer-only form: {fast.uns['cellduality']['annotation'].get('answer_form')})")
+    if reference is not None:
+        same = (fast.obs["cellduality_cell_type"].astype(str).to_numpy() == reference).mean()
+        print(f"int8: the same label as the float32 model for {same:.1%} of {adata.n_obs} cells")
 
     examples = _examples(fast, mdl, task)  # the examples annotate built, for the ceiling and the full path
     ceiling = prompt_pass_rate(mdl, task, examples)
