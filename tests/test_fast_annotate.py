@@ -114,6 +114,31 @@ def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(t
     assert all(r == "" for r, e in zip(result.reasoning, result.explained, strict=True) if not e)
 
 
+def test_an_explained_cell_is_labelled_with_the_answer_its_reasoning_wrote(tiny_model, pbmc_task, monkeypatch):
+    """The written answer wins over the re-ranking when it is a candidate; otherwise the ranking labels the cell."""
+    from cellduality.inference import fast
+
+    mdl, prompts = tiny_model
+    task = mdl.task("annotation")
+    cells = _cells(pbmc_task, 4)
+    labels = task.context.labels
+    monkeypatch.setattr(fast, "taught_form", lambda *a: PRIMAL_DIRECT)
+    texts: list[str] = []
+    monkeypatch.setattr(fast, "generate_sorted", lambda mdl, prompts, **kw: texts[: len(prompts)])
+    texts[:] = ["<think> CD74 at rank 1. </think> <answer> Neuron"] * 4  # no candidate: the re-ranking labels
+    ranked = classify_fast(task, mdl, prompts[:4], cells, explain=True, max_new_tokens=8)
+    assert ranked.labels == [labels[k] for k in ranked.posterior.argmax(1)] and ranked.info["explained_unparsed"] == 4
+    # the same reasoning, now answering a candidate the re-ranking did not choose (cells 0-2)
+    other = [next(lb for lb in labels if lb != ranked.labels[i]) for i in range(3)]
+    texts[:3] = [format_response("CD74 at rank 1.", lb) for lb in other]
+    result = classify_fast(task, mdl, prompts[:4], cells, explain=True, max_new_tokens=8)
+    assert result.labels == [*other, ranked.labels[3]] and result.info["explained_unparsed"] == 1
+    assert result.reasoning[0] == "CD74 at rank 1."
+    np.testing.assert_allclose(result.posterior, ranked.posterior)  # the confidence is still the ranking's
+    chosen = [labels.index(lb) for lb in result.labels]
+    np.testing.assert_allclose(result.confidence, result.posterior[np.arange(4), chosen])
+
+
 def test_a_model_without_answer_only_rows_warns_and_generates(tiny_model, pbmc_task):
     mdl, prompts = tiny_model
     lines: list[str] = []
