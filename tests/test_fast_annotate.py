@@ -229,6 +229,10 @@ def test_cli_fast_annotate_writes_labels_and_confidence(tiny_model, pbmc_small, 
     assert out.obs["cellduality_confidence"].between(0, 1).all() and out.obs["cellduality_explained"].all()
     assert "answer-only" in captured.out  # this random model was not taught the answer-only rows: it generates
     assert "Loading weights" not in captured.out + captured.err  # third-party bars are silenced by the CLI
+    # explained cells whose text named no candidate are counted, in .uns and in one line of output
+    unparsed = out.uns["cellduality"]["annotation"]["explained_unparsed"]
+    line = f"{unparsed} of 6 explained cells wrote no candidate label"
+    assert 0 <= unparsed <= 6 and (line in " ".join(captured.out.split())) == (unparsed > 0)
 
 
 def test_evaluate_fast_labels_answers_classification_by_ranking(sft_dir, tasks_dir, tmp_path, capsys):  # noqa: F811

@@ -123,6 +123,9 @@ def _faithfulness_line(adata, task: str, key: str, console) -> None:
     console.print(f"Reasoning: {'no checkable claim' if mean is None else f'{mean:.0%} of claims true'}; "
                   f"{info.get('cells_with_false_claims', 0)} cells with a false claim (--false-claims "
                   f"{info.get('false_claims')}); training-data claims {info.get('training_claims', 'unchecked')}.")
+    if run.get("explained_unparsed"):
+        console.print(f"{run['explained_unparsed']} of {run['explained']} explained cells wrote no candidate label; "
+                      "they got the label ranked most probable after their reasoning.")
 
 
 @dataclass(frozen=True)
