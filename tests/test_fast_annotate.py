@@ -114,8 +114,9 @@ def test_fast_labels_are_the_likelihood_argmax_and_explain_the_least_confident(t
     assert all(r == "" for r, e in zip(result.reasoning, result.explained, strict=True) if not e)
 
 
-def test_an_explained_cell_is_labelled_with_the_answer_its_reasoning_wrote(tiny_model, pbmc_task, monkeypatch):
-    """The written answer wins over the re-ranking when it is a candidate; otherwise the ranking labels the cell."""
+def test_an_explained_cell_keeps_the_ranked_label_and_records_the_written_answer(tiny_model, pbmc_task,
+                                                                                  monkeypatch):
+    """The label is ranked after the reasoning; the answer the text wrote is kept and its differences counted."""
     from cellduality.inference import fast
 
     mdl, prompts = tiny_model
@@ -125,18 +126,19 @@ def test_an_explained_cell_is_labelled_with_the_answer_its_reasoning_wrote(tiny_
     monkeypatch.setattr(fast, "taught_form", lambda *a: PRIMAL_DIRECT)
     texts: list[str] = []
     monkeypatch.setattr(fast, "generate_sorted", lambda mdl, prompts, **kw: texts[: len(prompts)])
-    texts[:] = ["<think> CD74 at rank 1. </think> <answer> Neuron"] * 4  # no candidate: the re-ranking labels
+    texts[:] = ["<think> CD74 at rank 1. </think> <answer> Neuron"] * 4  # no candidate written
     ranked = classify_fast(task, mdl, prompts[:4], cells, explain=True, max_new_tokens=8)
-    assert ranked.labels == [labels[k] for k in ranked.posterior.argmax(1)] and ranked.info["explained_unparsed"] == 4
-    # the same reasoning, now answering a candidate the re-ranking did not choose (cells 0-2)
+    assert ranked.labels == [labels[k] for k in ranked.posterior.argmax(1)] and ranked.written == [None] * 4
+    assert ranked.info["explained_unparsed"] == 4 and ranked.info["explained_written_differs"] == 0
+    # the same reasoning, now answering a candidate the ranking did not choose (cells 0-2)
     other = [next(lb for lb in labels if lb != ranked.labels[i]) for i in range(3)]
     texts[:3] = [format_response("CD74 at rank 1.", lb) for lb in other]
     result = classify_fast(task, mdl, prompts[:4], cells, explain=True, max_new_tokens=8)
-    assert result.labels == [*other, ranked.labels[3]] and result.info["explained_unparsed"] == 1
+    assert result.labels == ranked.labels and result.written == [*other, None]
+    assert result.info["explained_unparsed"] == 1 and result.info["explained_written_differs"] == 3
     assert result.reasoning[0] == "CD74 at rank 1."
-    np.testing.assert_allclose(result.posterior, ranked.posterior)  # the confidence is still the ranking's
-    chosen = [labels.index(lb) for lb in result.labels]
-    np.testing.assert_allclose(result.confidence, result.posterior[np.arange(4), chosen])
+    np.testing.assert_allclose(result.posterior, ranked.posterior)
+    np.testing.assert_allclose(result.confidence, result.posterior.max(1))
 
 
 def test_a_model_without_answer_only_rows_warns_and_generates(tiny_model, pbmc_task):
@@ -229,10 +231,15 @@ def test_cli_fast_annotate_writes_labels_and_confidence(tiny_model, pbmc_small, 
     assert out.obs["cellduality_confidence"].between(0, 1).all() and out.obs["cellduality_explained"].all()
     assert "answer-only" in captured.out  # this random model was not taught the answer-only rows: it generates
     assert "Loading weights" not in captured.out + captured.err  # third-party bars are silenced by the CLI
-    # explained cells whose text named no candidate are counted, in .uns and in one line of output
-    unparsed = out.uns["cellduality"]["annotation"]["explained_unparsed"]
-    line = f"{unparsed} of 6 explained cells wrote no candidate label"
-    assert 0 <= unparsed <= 6 and (line in " ".join(captured.out.split())) == (unparsed > 0)
+    # what each explained cell's text answered is kept; differences and non-candidates are counted and printed
+    run = out.uns["cellduality"]["annotation"]
+    differs, unparsed = run["explained_written_differs"], run["explained_unparsed"]
+    written = out.obs["cellduality_reasoning_answer"].astype(str)
+    assert (written == "").sum() == unparsed and (written[written != ""] != out.obs["cellduality_cell_type"].astype(
+        str)[written != ""]).sum() == differs
+    line = f"Of 6 explained cells, {differs} wrote another answer than the label ranked after their reasoning and " \
+           f"{unparsed} wrote no candidate"
+    assert (line in " ".join(captured.out.split())) == (differs + unparsed > 0)
 
 
 def test_evaluate_fast_labels_answers_classification_by_ranking(sft_dir, tasks_dir, tmp_path, capsys):  # noqa: F811

@@ -123,9 +123,10 @@ def _faithfulness_line(adata, task: str, key: str, console) -> None:
     console.print(f"Reasoning: {'no checkable claim' if mean is None else f'{mean:.0%} of claims true'}; "
                   f"{info.get('cells_with_false_claims', 0)} cells with a false claim (--false-claims "
                   f"{info.get('false_claims')}); training-data claims {info.get('training_claims', 'unchecked')}.")
-    if run.get("explained_unparsed"):
-        console.print(f"{run['explained_unparsed']} of {run['explained']} explained cells wrote no candidate label; "
-                      "they got the label ranked most probable after their reasoning.")
+    if run.get("explained_written_differs") or run.get("explained_unparsed"):
+        console.print(f"Of {run['explained']} explained cells, {run.get('explained_written_differs', 0)} wrote another "
+                      f"answer than the label ranked after their reasoning and {run.get('explained_unparsed', 0)} "
+                      "wrote no candidate (column cellduality_reasoning_answer).")
 
 
 @dataclass(frozen=True)
