@@ -19,8 +19,8 @@ copy-aware decoding that answer follows the conclusion the reasoning states, and
 from the ranking; the cells where it does are counted. The ranking stays the label: on six
 out-of-domain models it was as accurate or more on five (Baron 73.6 against 66.3 %, Kang 71.6
 against 70.4 %; docs/performance.md), though the written answer is what ``evaluate`` reads. A
-model trained without
-answer-only rows cannot answer directly: it is explained for every cell, with a one-line warning.
+model trained without answer-only rows cannot answer directly: it is explained for every cell,
+with a one-line warning.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class FastResult:
     reasoning: list[str]
     explained: np.ndarray
     info: dict[str, Any]
-    written: list[Any] | None = None
+    written: list[Any]
     """Per cell, the candidate the generated text answered (``None``: not explained, or no candidate)."""
 
 
@@ -209,16 +209,15 @@ def classify_fast(
             explained[least] = True
     reasoning = [""] * n
     idx = np.flatnonzero(explained)
-    rendered = [task.render_answer(a) for a in labels]
-    written: dict[int, int] = {}  # explained cell -> index of the candidate its text answered
+    candidate = {task.render_answer(a): k for k, a in enumerate(labels)}
+    written = np.full(n, -1)  # per cell, the index of the candidate its text answered (-1: none)
     if len(idx):
         texts = generate_sorted(mdl, [prompts[i] for i in idx], batch_size=batch_size, max_new_tokens=max_new_tokens,
                                 progress=progress)
         thoughts = [extract_reasoning(t) for t in texts]
         for i, text in zip(idx, texts, strict=True):
             answer = task.parse_primal(text)
-            if answer is not None and task.render_answer(answer) in rendered:
-                written[int(i)] = rendered.index(task.render_answer(answer))
+            written[i] = -1 if answer is None else candidate.get(task.render_answer(answer), -1)
         # a cell whose reasoning came out empty is ranked under the answer-only form instead
         fallback = answer_prompts(task, form or PRIMAL_DIRECT, [prompts[i] for i in idx], [cells[i] for i in idx])
         ranked = [prompts[i] if thought else fallback[j] for j, (i, thought) in enumerate(zip(idx, thoughts,
@@ -235,7 +234,7 @@ def classify_fast(
         reasoning=reasoning,
         explained=explained,
         info={"method": "fast", "answer_only": bool(form), "answer_form": form or "",
-              "explained": int(explained.sum()), "explained_unparsed": int(len(idx) - len(written)),
-              "explained_written_differs": int(sum(best[i] != k for i, k in written.items()))},
-        written=[labels[written[i]] if i in written else None for i in range(n)],
+              "explained": int(explained.sum()), "explained_unparsed": int((written[idx] < 0).sum()),
+              "explained_written_differs": int(((written >= 0) & (written != best)).sum())},
+        written=[labels[k] if k >= 0 else None for k in written],
     )

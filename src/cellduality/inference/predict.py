@@ -223,8 +223,8 @@ def _classify_fast(out: AnnData, mdl: CellDualityModel, task: Task, examples: li
                                                      sub[f"{key}_false_claims"].to_numpy())
     out.obs[f"{key}_reasoning"] = reasoning
     # what the reasoning's own text answered ('' where not explained or no candidate): it can differ from the label
-    out.obs[f"{key}_reasoning_answer"] = np.array(["" if w is None else task.render_answer(w)
-                                                   for w in (result.written or [None] * out.n_obs)], dtype=object)
+    out.obs[f"{key}_reasoning_answer"] = np.array(["" if w is None else task.render_answer(w) for w in result.written],
+                                                  dtype=object)
     out.obs[f"{key}_faithfulness"] = faithfulness
     out.obs[f"{key}_false_claims"] = false
     out.uns.setdefault(key, {})[task.name] = {
