@@ -50,15 +50,15 @@ LABEL_MAPS = {
 
 def readouts(model: Path, adata, max_new_tokens: int, batch_size: int) -> dict:
     """Fast labels, full-path texts and parsed labels of ``model`` on every cell of ``adata``."""
+    from bench_annotate import _examples  # the examples annotate builds (same sentences, same seeds)
+
     from cellduality.inference import CellDualityModel
     from cellduality.inference.fast import answer_prompts, generate_sorted, rank_labels, taught_form
-    from cellduality.inference.predict import cell_examples, model_sentences
     from cellduality.tasks.base import PRIMAL_DIRECT
 
     mdl = CellDualityModel.load(model)
     task = mdl.task("annotation")
-    cells, _ = model_sentences(adata, task, 0)
-    examples = cell_examples(task, adata.obs_names, cells, {}, 0)
+    examples = _examples(adata, mdl, task)
     prompts = [task.primal_prompt(ex) for ex in examples]
     form = taught_form(mdl.path, task.name) or PRIMAL_DIRECT
     asked = answer_prompts(task, form, prompts, [task.split(ex) for ex in examples])

@@ -48,14 +48,14 @@ def em_prior(posterior: np.ndarray, source_prior: np.ndarray, iterations: int = 
 
 def posteriors(mdl, task, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The answer-only label posterior of every cell of ``path`` and its labels (None when absent)."""
+    from bench_annotate import _examples  # the examples annotate builds (same sentences, same seeds)
+
     from cellduality.inference.fast import answer_prompts, rank_labels, taught_form
-    from cellduality.inference.predict import cell_examples, model_sentences
     from cellduality.sentences import read_h5ad
     from cellduality.tasks.base import PRIMAL_DIRECT
 
     adata = read_h5ad(path)
-    cells, _ = model_sentences(adata, task, 0)
-    examples = cell_examples(task, adata.obs_names, cells, {}, 0)
+    examples = _examples(adata, mdl, task)
     prompts = [task.primal_prompt(ex) for ex in examples]
     form = taught_form(mdl.path, task.name) or PRIMAL_DIRECT
     post = rank_labels(task, mdl, answer_prompts(task, form, prompts, [task.split(ex) for ex in examples]))
