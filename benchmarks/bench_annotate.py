@@ -56,6 +56,14 @@ def main() -> None:
     parser.add_argument("--explain-share", type=float, default=0.1,
                         help="also run the fast path with reasoning for this share of least confident cells")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tile", type=int, default=1,
+                        help="also time the fast path on this many copies of the cells (an atlas-sized input; "
+                             "obs names made unique), where per-call costs are spread over more cells")
+    parser.add_argument("--batch-tokens", type=int, nargs="*", default=[],
+                        help="also time the fast path at these padded tokens per scoring batch (default: "
+                             "candidates.BATCH_TOKENS for the device)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's top operators (host and device time) for one fast-path run")
     parser.add_argument("--int8", action="store_true",
                         help="CPU only: int8 dynamic quantisation of the linear layers (torch.ao quantize_dynamic) "
                              "before timing; the labels it changes are counted against the float32 model")
@@ -93,6 +101,8 @@ def main() -> None:
     if reference is not None:
         same = (fast.obs["cellduality_cell_type"].astype(str).to_numpy() == reference).mean()
         print(f"int8: the same label as the float32 model for {same:.1%} of {adata.n_obs} cells")
+
+    _scale_figures(args, adata, mdl, annotate)
 
     examples = _examples(fast, mdl, task)  # the examples annotate built, for the ceiling and the full path
     ceiling = prompt_pass_rate(mdl, task, examples)
@@ -137,6 +147,36 @@ def main() -> None:
               f"path {agree_mixed:.1%} of {n} cells")
     mean = lambda values: f"{values.mean():.2f}" if len(values) else "-"  # noqa: E731
     print(f"mean confidence: {mean(conf)} (agreeing cells {mean(conf[hit])}, disagreeing {mean(conf[~hit])})")
+
+
+def _scale_figures(args, adata, mdl, annotate) -> None:
+    """The fast path at other scoring batch sizes, on a tiled (atlas-sized) input, and its profile."""
+    import anndata as ad
+
+    from cellduality.models import candidates
+
+    device = "cuda" if next(mdl.model.parameters()).device.type == "cuda" else "cpu"
+    default = candidates.BATCH_TOKENS[device]
+    big = ad.concat([adata] * args.tile, index_unique="-") if args.tile > 1 else adata
+    for tokens in args.batch_tokens or ([default] if args.tile > 1 else []):
+        candidates.BATCH_TOKENS[device] = tokens
+        try:
+            annotate(big[:32].copy(), mdl, min_overlap=0.0)  # warm-up at this batch size
+            t = time.perf_counter()
+            annotate(big, mdl, min_overlap=0.0)
+            seconds = time.perf_counter() - t
+        finally:
+            candidates.BATCH_TOKENS[device] = default
+        print(f"labels + confidence, {tokens} tokens per scoring batch: {big.n_obs / seconds:.1f} cells/s "
+              f"({big.n_obs} cells = {args.tile} x {adata.n_obs} in {seconds:.1f} s)")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=activities) as prof:
+            annotate(adata, mdl, min_overlap=0.0)
+        for key in ["self_cpu_time_total"] + (["self_device_time_total"] if device == "cuda" else []):
+            print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
 
 
 def prompt_pass_rate(mdl, task, examples) -> float:

@@ -45,13 +45,16 @@ CD=(python3 -m cellduality.cli.main)
 python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'trl', trl.__version__)" >> "$R/machine.txt" 2>&1
 cat "$R/machine.txt"
 
-# stage NAME CMD...: run, time, log; a failed stage stops the script (later stages need its output)
+# stage NAME CMD...: run, time, log; a failed stage stops the script (later stages need its output),
+# except under OPTIONAL=1 (a measurement nothing after it needs: the script goes on)
 stage() {
   local name=$1; shift
   local t0; t0=$(date +%s.%N)
   echo "== $name"
   if ! "$@" > "$R/$name.log" 2>&1; then
-    echo "!! $name failed; last lines:"; tail -n 20 "$R/$name.log"; keep; exit 1
+    echo "!! $name failed; last lines:"; tail -n 20 "$R/$name.log"; keep
+    [ -n "${OPTIONAL:-}" ] && return 1
+    exit 1
   fi
   python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)" > "$R/$name.seconds"
   echo "   $name: $(cat "$R/$name.seconds") s"
@@ -71,12 +74,15 @@ print(f"SFT: {s['tokens_seen'] / s['wall_seconds']:,.0f} tokens/s ({s['steps']} 
       f"in {s['wall_seconds']:.1f} s of training, {s['parameters'] / 1e6:.1f}M parameters)")
 EOF
 
-EVAL_TASKS="${EVAL_TASKS-annotation generation}"
-for task in $EVAL_TASKS; do
-  stage "evaluate_$task" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$task" --task "$task" \
-    --max-examples "$EVAL_N" --no-baselines --batch-size 64 ${EVAL_ARGS:-}
-  cp "$WORK/eval_$task/metrics.json" "$R/eval_${task}_metrics.json" && keep
-  python3 - "$R/eval_${task}_metrics.json" "$R/evaluate_$task.seconds" "$task" "$WORK/eval_$task/run.json" <<'EOF2'
+# each entry TASK or TASK:fast (classification answers by likelihood ranking, `evaluate --fast-labels`)
+EVAL_TASKS="${EVAL_TASKS-annotation annotation:fast generation}"
+for entry in $EVAL_TASKS; do
+  task=${entry%%:*}; name=$task; FAST=()
+  [ "$entry" != "$task" ] && name="${task}_fast" && FAST=(--fast-labels)
+  stage "evaluate_$name" "${CD[@]}" evaluate "$WORK/sft" "$WORK/tasks" "$WORK/eval_$name" --task "$task" \
+    --max-examples "$EVAL_N" --no-baselines --batch-size "${EVAL_BATCH:-256}" "${FAST[@]}" ${EVAL_ARGS:-}
+  cp "$WORK/eval_$name/metrics.json" "$R/eval_${name}_metrics.json" && keep
+  python3 - "$R/eval_${name}_metrics.json" "$R/evaluate_$name.seconds" "$task" "$WORK/eval_$name/run.json" <<'EOF2'
 import json, sys
 m, seconds, task = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read()), sys.argv[3]
 timing = json.load(open(sys.argv[4])).get("timing", {}).get(task)
@@ -85,7 +91,8 @@ n = int(r.get("n") or 0)
 main = {k: r[k] for k in ("accuracy", "macro_f1", "valid_rate", "knn@10") if r.get(k) is not None}
 answering = (f" (answering alone {timing['answer_seconds']:.1f} s, {timing['examples_per_second']:.1f} examples/s)"
              if timing else "")
-print(f"evaluate {task} (generated answers, start-up included): {seconds:.1f} s for {n} examples, "
+how = "ranked labels" if json.load(open(sys.argv[4])).get("fast_labels") else "generated answers"
+print(f"evaluate {task} ({how}, start-up included): {seconds:.1f} s for {n} examples, "
       f"{n / seconds:.1f} examples/s{answering}; " + ", ".join(f"{k} {v:.3f}" for k, v in main.items()))
 EOF2
 done
@@ -93,20 +100,25 @@ done
 CELLS=()
 [ -n "$ANNOTATE_CELLS" ] && CELLS=(--cells "$ANNOTATE_CELLS")
 stage annotate python3 benchmarks/bench_annotate.py --model "$WORK/sft" --data "$KANG" "${CELLS[@]}" \
-  --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128
-grep -v "Warning" "$R/annotate.log" | tail -n 8
+  --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128 \
+  --tile "${ANNOTATE_TILE:-10}" --batch-tokens 16384 65536 --profile
+grep -E "cells/s|agreement|confidence|model " "$R/annotate.log"
 GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
           --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
-# GRPO_MODES="duality duality-static duality-cb": rollouts with a static KV cache (transformers then
-# compiles the decoding step on a GPU; TRL's `cache_implementation`) or with transformers' continuous
-# batching (TRL's `use_transformers_continuous_batching`), both passed through by `--set`
-for mode in ${GRPO_MODES:-duality ground-truth}; do
-  EXTRA=(); REWARD=$mode
-  case $mode in duality-*) REWARD=duality ;; esac
-  [ "$mode" = duality-static ] && EXTRA=(--set cache_implementation=static)
-  [ "$mode" = duality-cb ] && EXTRA=(--set use_transformers_continuous_batching=true)
-  stage "grpo_$mode" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" --sft-model "$WORK/sft" --reward "$REWARD" \
-    "${GRPO_SET[@]}" "${EXTRA[@]}"
+# Modes after `duality` and `ground-truth` are optional measurements (a failure is reported, the script
+# goes on): duality-bf16 = the policy's weights in bf16 (`model_dtype`), no float32 master copy under
+# autocast; duality-bf16-static = that plus a static KV cache for the rollouts (transformers then
+# compiles the decoding step on a GPU; TRL's `cache_implementation`: in float32 weights under bf16
+# autocast the cache's dtype did not match); duality-cb = transformers' continuous batching (TRL's
+# `use_transformers_continuous_batching`). Each optional mode gets at most GRPO_OPTIONAL_SECONDS.
+for mode in ${GRPO_MODES:-duality ground-truth duality-bf16 duality-bf16-static}; do
+  EXTRA=(); REWARD=$mode; LIMIT=()
+  case $mode in duality-*) REWARD=duality; LIMIT=(timeout "${GRPO_OPTIONAL_SECONDS:-150}") ;; esac
+  case $mode in *-bf16*) EXTRA+=(--set model_dtype=bfloat16) ;; esac
+  case $mode in *-static) EXTRA+=(--set cache_implementation=static) ;; esac
+  [ "$mode" = duality-cb ] && EXTRA+=(--set use_transformers_continuous_batching=true)
+  OPTIONAL=${LIMIT:+1} stage "grpo_$mode" "${LIMIT[@]}" "${CD[@]}" grpo "$WORK/tasks" "$WORK/grpo_$mode" \
+    --sft-model "$WORK/sft" --reward "$REWARD" "${GRPO_SET[@]}" "${EXTRA[@]}" || continue
   cp "$WORK/grpo_$mode/metrics.json" "$R/grpo_${mode}_metrics.json" && keep
   python3 - "$R/grpo_${mode}_metrics.json" "$mode" "$GRPO_PROMPTS" "$GRPO_G" <<'EOF'
 import json, sys

@@ -53,6 +53,10 @@ def _splits_cleanly(tokenizer: PreTrainedTokenizerBase, prefix: str, texts: Sequ
                for t, i in zip(texts, ids, strict=True))
 
 
+BATCH_TOKENS = {"cuda": 16384, "cpu": 4096}
+"""Default padded tokens per scoring batch by device (``benchmarks/bench_annotate.py --batch-tokens`` sweeps it)."""
+
+
 def score_candidates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -68,8 +72,9 @@ def score_candidates(
     ``candidates`` are the same for every row (a task's label set, already rendered with their
     trailing text, e.g. ``" CD14+ Monocyte </answer>"``). ``on_batch(n_rows)`` is called after each
     batch (progress bars). Rows are length-sorted into left-padded batches of at most
-    ``max_tokens_per_batch`` padded tokens (default 16,384 on a GPU, 4,096 on a CPU, where smaller
-    batches stay in cache: ~120 against ~110 Kang cells/s on 2 cores); results come back in input order.
+    ``max_tokens_per_batch`` padded tokens (default :data:`BATCH_TOKENS`: 16,384 on a GPU, 4,096 on a
+    CPU, where smaller batches stay in cache: ~120 against ~110 Kang cells/s on 2 cores); results
+    come back in input order.
     """
     import torch
 
@@ -87,7 +92,7 @@ def score_candidates(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     if max_tokens_per_batch is None:
-        max_tokens_per_batch = 16384 if device.type == "cuda" else 4096
+        max_tokens_per_batch = BATCH_TOKENS["cuda" if device.type == "cuda" else "cpu"]
     # one trie for every batch; kernels without 4D masks run one call per candidate instead
     custom_masks = _takes_custom_masks(model)
     tree = CandidateTree.build(cand_ids) if custom_masks else None
@@ -203,12 +208,12 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_id
     from transformers import DynamicCache
 
     b, width = len(seqs), max(len(s) for s in seqs)
-    ids = torch.full((b, width), pad, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
+    ids_np = np.full((b, width), pad, dtype=np.int64)  # filled on the host, moved once (no per-row copies)
+    mask_np = np.zeros((b, width), dtype=np.int64)
     for r, seq in enumerate(seqs):
-        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[r, width - len(seq):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+        ids_np[r, width - len(seq):] = seq
+        mask_np[r, width - len(seq):] = 1
+    ids, mask = torch.from_numpy(ids_np).to(device), torch.from_numpy(mask_np).to(device)
     skip = head.length if head is not None else 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
     keep = max(n_prefix) + 1  # logits predicting the prefix tokens and the first candidate token
@@ -219,10 +224,11 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_id
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep,
                    **{kw: cache}).logits.float()
     logp = torch.log_softmax(logits, dim=-1)  # [b, keep, V]; position j predicts token width - keep + j + 1
-    for r, m in enumerate(n_prefix):
-        if m:
-            targets = ids[r, width - m:]
-            out_p[rows[r]] = float(logp[r, keep - 1 - m: keep - 1].gather(-1, targets.unsqueeze(-1)).sum())
+    if keep > 1:  # every row's prefix log-probability in one gather and one copy to the host (no per-row sync)
+        m = keep - 1  # position t < m predicts token width - m + t; a row's prefix is its last n_prefix tokens
+        per_token = logp[:, :m].gather(-1, ids[:, width - m:].unsqueeze(-1)).squeeze(-1)  # [b, m]
+        own = torch.arange(m, device=device) >= (m - torch.tensor(n_prefix, device=device))[:, None]
+        out_p[rows] = torch.where(own, per_token, 0.0).sum(-1).cpu().numpy()
     first = logp[:, -1]
     totals = torch.stack([first[:, cand[0]] for cand in cand_ids], dim=1)  # [b, candidates]
     if any(len(cand) > 1 for cand in cand_ids):
