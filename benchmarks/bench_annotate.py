@@ -60,8 +60,8 @@ def main() -> None:
                         help="also time the fast path on this many copies of the cells (an atlas-sized input; "
                              "obs names made unique), where per-call costs are spread over more cells")
     parser.add_argument("--batch-tokens", type=int, nargs="*", default=[],
-                        help="also time the fast path at these padded tokens per scoring batch (default: "
-                             "candidates.BATCH_TOKENS for the device)")
+                        help="also time the fast path at these padded tokens per scoring batch (0: the default, "
+                             "candidates.BATCH_TOKENS for the device; on a GPU by its free memory)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top operators (host and device time) for one fast-path run")
     parser.add_argument("--int8", action="store_true",
@@ -157,9 +157,15 @@ def _scale_figures(args, adata, mdl, annotate) -> None:
 
     device = "cuda" if next(mdl.model.parameters()).device.type == "cuda" else "cpu"
     default = candidates.BATCH_TOKENS[device]
+    if device == "cuda" and default is None:
+        import torch
+
+        chosen = candidates.gpu_batch_tokens(mdl.model.config, torch.cuda.mem_get_info()[0],
+                                             next(mdl.model.parameters()).element_size())
+        print(f"tokens per scoring batch by free memory (the default): {chosen}")
     big = ad.concat([adata] * args.tile, index_unique="-") if args.tile > 1 else adata
     for tokens in args.batch_tokens or ([default] if args.tile > 1 else []):
-        candidates.BATCH_TOKENS[device] = tokens
+        candidates.BATCH_TOKENS[device] = tokens or default
         try:
             annotate(big[:32].copy(), mdl, min_overlap=0.0)  # warm-up at this batch size
             t = time.perf_counter()
@@ -167,7 +173,7 @@ def _scale_figures(args, adata, mdl, annotate) -> None:
             seconds = time.perf_counter() - t
         finally:
             candidates.BATCH_TOKENS[device] = default
-        print(f"labels + confidence, {tokens} tokens per scoring batch: {big.n_obs / seconds:.1f} cells/s "
+        print(f"labels + confidence, {tokens or 'default'} tokens per scoring batch: {big.n_obs / seconds:.1f} cells/s "
               f"({big.n_obs} cells = {args.tile} x {adata.n_obs} in {seconds:.1f} s)")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

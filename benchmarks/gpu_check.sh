@@ -99,10 +99,15 @@ done
 
 CELLS=()
 [ -n "$ANNOTATE_CELLS" ] && CELLS=(--cells "$ANNOTATE_CELLS")
-stage annotate python3 benchmarks/bench_annotate.py --model "$WORK/sft" --data "$KANG" "${CELLS[@]}" \
-  --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128 \
-  --tile "${ANNOTATE_TILE:-10}" --batch-tokens 16384 65536 --profile
-grep -E "cells/s|agreement|confidence|model " "$R/annotate.log"
+# ANNOTATE_TOKENIZERS="false true": once as the CLI runs (tokenizers on one thread), once with the
+# tokenizer's own threads; --batch-tokens 0 = the default (by the GPU's free memory)
+for tp in ${ANNOTATE_TOKENIZERS:-false}; do
+  name=annotate; [ "$tp" != false ] && name="annotate_tokenizers_$tp"
+  stage "$name" env TOKENIZERS_PARALLELISM="$tp" python3 benchmarks/bench_annotate.py --model "$WORK/sft" \
+    --data "$KANG" "${CELLS[@]}" --reasoning-cells "$REASONING_CELLS" --full-cells "$FULL_CELLS" --batch-size 128 \
+    --tile "${ANNOTATE_TILE:-10}" --batch-tokens ${ANNOTATE_BATCH_TOKENS:-0 16384 65536} --profile
+  grep -E "cells/s|agreement|confidence|model |tokens per" "$R/$name.log"
+done
 GRPO_SET=(--max-steps "$GRPO_STEPS" --set num_generations="$GRPO_G" --set prompts_per_step="$GRPO_PROMPTS"
           --set max_completion_length="$GRPO_TOKENS" --set dual_reward=likelihood --set save_steps=100000)
 # Modes after `duality` and `ground-truth` are optional measurements (a failure is reported, the script

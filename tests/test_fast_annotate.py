@@ -255,3 +255,22 @@ def test_evaluate_fast_labels_answers_classification_by_ranking(sft_dir, tasks_d
     assert len(table) == 6 and set(table["parsed"]) <= labels  # every answer is a valid label, none unparsed
     assert 0 <= results["annotation"]["accuracy"] <= 1
     assert "answer-only" in capsys.readouterr().err  # an untaught model says why it generates instead
+
+
+def test_gpu_batch_tokens_follow_free_memory_and_model_size():
+    """A small model gets the largest batches, a 3B one on a 16 GB card a few thousand tokens."""
+    from types import SimpleNamespace
+
+    from cellduality.models.candidates import GPU_BATCH_TOKENS_RANGE, gpu_batch_tokens
+
+    base = SimpleNamespace(hidden_size=768, num_attention_heads=12, num_hidden_layers=12, intermediate_size=2048)
+    three_b = SimpleNamespace(hidden_size=3072, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                              num_hidden_layers=28, intermediate_size=8192)
+    gib = 1 << 30
+    low, high = GPU_BATCH_TOKENS_RANGE
+    assert gpu_batch_tokens(base, 138 * gib) == high
+    small_card = gpu_batch_tokens(three_b, 9 * gib)
+    assert low < small_card < 16384
+    # per token: 3 x 2 x 28 layers x 8 heads x 128 x 2 bytes + 4 x (3072 + 8192) x 2 bytes
+    assert small_card == int(0.25 * 9 * gib / (3 * 2 * 28 * 8 * 128 * 2 + 4 * (3072 + 8192) * 2))
+    assert gpu_batch_tokens(three_b, gib // 10) == low

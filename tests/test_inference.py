@@ -59,12 +59,33 @@ def test_cells_are_ranked_within_the_model_panel(pbmc_small, pbmc_task):
 
     _, task = pbmc_task
     adata = pbmc_small[:30].copy()
-    full = [s.split() for s in to_sentences(adata, top_k=None)]
-    cells, overlap = model_sentences(adata, task, seed=0)
-    for genes, ranked in zip(cells, full, strict=True):
-        assert genes == [g for g in ranked if g in task.context.genes][: len(genes)]
-        assert set(genes) <= task.context.genes
-    assert 0 < overlap["overlap"] <= 1 and overlap["model_genes"] == len(task.context.genes)
+    max_genes = int(task.options.get("max_genes", 32))
+    for seed in (0, 1):
+        full = [s.split() for s in to_sentences(adata, top_k=None, seed=seed)]
+        cells, overlap = model_sentences(adata, task, seed=seed)
+        assert len(cells) == adata.n_obs
+        for genes, ranked in zip(cells, full, strict=True):  # the text route, exactly (ranked on indices now)
+            assert genes == [g for g in ranked if g in task.context.genes][:max_genes]
+        assert overlap["model_genes"] == len(task.context.genes)
+        assert overlap["model_genes_in_data"] == len({g for r in full for g in r} & task.context.genes)
+    assert 0 < overlap["overlap"] <= 1
+
+
+def test_panel_genes_missing_from_a_cell_give_a_shorter_or_empty_sentence(pbmc_small, pbmc_task):
+    from types import SimpleNamespace
+
+    from cellduality.inference.predict import model_sentences
+    from cellduality.sentences import to_sentences
+
+    _, task = pbmc_task
+    adata = pbmc_small[:5].copy()
+    top = to_sentences(adata[:1], top_k=3)[0].split()  # the first cell's top 3 genes form the panel
+    small = SimpleNamespace(context=SimpleNamespace(genes=frozenset(top)), options=task.options)  # what it reads
+    cells, overlap = model_sentences(adata, small, seed=0)
+    assert cells[0] == top and all(set(c) <= set(top) for c in cells)
+    assert overlap == {"model_genes": 3, "model_genes_in_data": len({g for c in cells for g in c}),
+                       "overlap": round(len({g for c in cells for g in c}) / 3, 4)}
+    assert model_sentences(adata[:0], task, seed=0)[0] == []
 
 
 def test_annotate_writes_results_into_a_copy(pbmc_small, pbmc_task):

@@ -120,13 +120,24 @@ def model_sentences(adata: AnnData, task: Task, seed: int, **sentence_options: A
     vocabulary, which keeps the order (per-cell normalisation and log1p are monotone), before
     taking the prompt's ``max_genes``. Returns the cells and the overlap figures.
     """
-    from cellduality.sentences import to_sentences
+    from cellduality.sentences import ranked_genes
 
     vocab = task.context.genes
     max_genes = int(task.options.get("max_genes", 32))
-    ranked = [sentence.split() for sentence in to_sentences(adata, top_k=RANK_DEPTH, seed=seed, **sentence_options)]
-    cells = [[g for g in genes if g in vocab][:max_genes] for genes in ranked]
-    known, total = gene_overlap(ranked, vocab)
+    symbols, indptr, genes = ranked_genes(adata, top_k=RANK_DEPTH, seed=seed, **sentence_options)
+    names = np.asarray(symbols, dtype=object)
+    in_vocab = np.fromiter((s in vocab for s in symbols), dtype=bool, count=len(symbols))
+    # on indices, not text: each cell's ranked genes filtered to the panel, the first max_genes kept
+    row = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    panel = in_vocab[genes]
+    kept, kept_row = genes[panel], row[panel]
+    per_row = np.bincount(kept_row, minlength=indptr.size - 1)
+    rank = np.arange(kept.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    first = rank < max_genes
+    bounds = np.cumsum(np.minimum(per_row, max_genes))[:-1]
+    cells = [part.tolist() for part in np.split(names[kept[first]], bounds)] if per_row.size else []
+    known = len(set(names[np.unique(kept)].tolist()))  # genes of the panel expressed (one per symbol)
+    total = len(set(vocab))
     return cells, {"model_genes": total, "model_genes_in_data": known, "overlap": round(known / max(1, total), 4)}
 
 

@@ -53,8 +53,32 @@ def _splits_cleanly(tokenizer: PreTrainedTokenizerBase, prefix: str, texts: Sequ
                for t, i in zip(texts, ids, strict=True))
 
 
-BATCH_TOKENS = {"cuda": 16384, "cpu": 4096}
-"""Default padded tokens per scoring batch by device (``benchmarks/bench_annotate.py --batch-tokens`` sweeps it)."""
+BATCH_TOKENS: dict[str, int | None] = {"cuda": None, "cpu": 4096}
+"""Padded tokens per scoring batch by device; ``None``: from the GPU's free memory
+(:func:`gpu_batch_tokens`). ``benchmarks/bench_annotate.py --batch-tokens`` sweeps it."""
+
+GPU_BATCH_TOKENS_RANGE = (4096, 65536)
+"""Bounds of :func:`gpu_batch_tokens`. On one H200 with the 94M ``base`` model, 65,536 tokens per
+batch scored 2,032 against 1,814 Kang cells/s at 16,384 (docs/performance.md)."""
+
+
+def gpu_batch_tokens(config: Any, free_bytes: int, dtype_bytes: int = 2, share: float = 0.25) -> int:
+    """Tokens per scoring batch that fit in ``share`` of a GPU's free memory, for a model of ``config``.
+
+    A scored token holds its keys and values in every layer, about three times over (the cache, the
+    shared head's copy joined to it, the trie pass's copy), plus the activations of one layer:
+    a 94M model can take the largest batches on any GPU, a 3B one on a 16 GB card gets a few
+    thousand tokens instead of running out of memory.
+    """
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    kv = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * dtype_bytes
+    activations = 4 * (hidden + int(getattr(config, "intermediate_size", 4 * hidden))) * dtype_bytes
+    tokens = int(share * free_bytes / (3 * kv + activations))
+    low, high = GPU_BATCH_TOKENS_RANGE
+    return max(low, min(high, tokens))
 
 
 def score_candidates(
@@ -72,9 +96,9 @@ def score_candidates(
     ``candidates`` are the same for every row (a task's label set, already rendered with their
     trailing text, e.g. ``" CD14+ Monocyte </answer>"``). ``on_batch(n_rows)`` is called after each
     batch (progress bars). Rows are length-sorted into left-padded batches of at most
-    ``max_tokens_per_batch`` padded tokens (default :data:`BATCH_TOKENS`: 16,384 on a GPU, 4,096 on a
-    CPU, where smaller batches stay in cache: ~120 against ~110 Kang cells/s on 2 cores); results
-    come back in input order.
+    ``max_tokens_per_batch`` padded tokens (default :data:`BATCH_TOKENS`: on a GPU what a quarter of
+    its free memory holds, at most 65,536; 4,096 on a CPU, where smaller batches stay in cache: ~120
+    against ~110 Kang cells/s on 2 cores); results come back in input order.
     """
     import torch
 
@@ -93,6 +117,9 @@ def score_candidates(
     device = next(model.parameters()).device
     if max_tokens_per_batch is None:
         max_tokens_per_batch = BATCH_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+    if max_tokens_per_batch is None:  # a GPU: by its free memory
+        max_tokens_per_batch = gpu_batch_tokens(model.config, torch.cuda.mem_get_info(device)[0],
+                                                next(model.parameters()).element_size())
     # one trie for every batch; kernels without 4D masks run one call per candidate instead
     custom_masks = _takes_custom_masks(model)
     tree = CandidateTree.build(cand_ids) if custom_masks else None
@@ -105,18 +132,84 @@ def score_candidates(
     out_c = np.zeros((n, k))
     out_p = np.zeros(n)
     was_training = model.training
+    pending: list[tuple[list[int], _HostCopy]] = []
+
+    def finish(rows: list[int], copy: _HostCopy) -> None:
+        totals, prefix = copy.wait()
+        out_c[rows], out_p[rows] = totals, prefix
+        if on_batch is not None:
+            on_batch(len(rows))
+
     try:
         model.eval()
         with torch.no_grad():
             head = _SharedHead.run(model, seqs[0][:shared], device) if shared else None
+            labels = _CandidateTensors.build(cand_ids, tree, device)
+            # Each batch's results come back to the host while the next batch computes: no copy in
+            # between waits on the device (on a GPU the host prepares batch i+1 during batch i).
             for rows in length_batches([len(seq) - shared for seq in seqs], max_tokens_per_batch):
-                _score_batch(model, [seqs[i][shared:] for i in rows], [len(prefix_ids[i]) for i in rows], cand_ids,
-                             tree, pad, device, out_c, out_p, rows, head)
-                if on_batch is not None:
-                    on_batch(len(rows))
+                result = _score_batch(model, [seqs[i][shared:] for i in rows], [len(prefix_ids[i]) for i in rows],
+                                      labels, pad, device, head)
+                pending.append((rows, _HostCopy.start(*result)))
+                if len(pending) > 1:
+                    finish(*pending.pop(0))
+            while pending:
+                finish(*pending.pop(0))
     finally:
         model.train(was_training)
     return CandidateScores(out_c, out_p)
+
+
+@dataclass
+class _HostCopy:
+    """Device results on their way to the host: pinned buffers and the event marking the copy's end."""
+
+    tensors: tuple[Any, ...]
+    event: Any
+
+    @classmethod
+    def start(cls, *tensors: Any) -> _HostCopy:
+        import torch
+
+        if tensors[0].device.type != "cuda":
+            return cls(tensors, None)
+        host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                     for t in tensors)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(host, event)
+
+    def wait(self) -> tuple[np.ndarray, ...]:
+        if self.event is not None:
+            self.event.synchronize()
+        return tuple(t.numpy() for t in self.tensors)
+
+
+@dataclass
+class _CandidateTensors:
+    """Per call, the candidates' index tensors on the device, built once (a host-to-device copy
+    inside the batch loop would wait for the device and stop the host from running ahead)."""
+
+    first: Any  # [candidates]: each candidate's first token
+    lengths: list[int]
+    tree: Any = None  # (tokens, depths, sees, nodes, targets, owner) of the trie, or None
+    cand_ids: list[list[int]] | None = None
+
+    @classmethod
+    def build(cls, cand_ids: list[list[int]], tree: CandidateTree | None, device: Any) -> _CandidateTensors:
+        import torch
+
+        first = torch.tensor([c[0] for c in cand_ids], dtype=torch.long, device=device)
+        trie = None
+        if tree is not None and any(len(c) > 1 for c in cand_ids):
+            owner = [c for c, path in enumerate(tree.paths) for _ in path]
+            trie = (torch.tensor(tree.tokens, dtype=torch.long, device=device),
+                    torch.tensor(tree.depths, dtype=torch.long, device=device),
+                    torch.as_tensor(tree.sees, device=device),
+                    torch.tensor([i for path in tree.paths for i in path], dtype=torch.long, device=device),
+                    torch.tensor([t for c in cand_ids for t in c[1:]], dtype=torch.long, device=device),
+                    torch.tensor(owner, dtype=torch.long, device=device))
+        return cls(first, [len(c) for c in cand_ids], trie, cand_ids)
 
 
 @dataclass(frozen=True)
@@ -196,24 +289,29 @@ def _takes_custom_masks(model: Any) -> bool:
     return getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
 
 
-def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_ids: list[list[int]],
-                 tree: CandidateTree | None, pad: int, device: Any, out_c: np.ndarray, out_p: np.ndarray,
-                 rows: list[int], head: _SharedHead | None = None) -> None:
+def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], labels: _CandidateTensors, pad: int,
+                 device: Any, head: _SharedHead | None = None) -> tuple[Any, Any]:
     """One left-padded prompt pass with the cache, then every candidate's remaining tokens in one pass.
 
-    With a shared ``head``, ``seqs`` are the rows' own tokens after it: the padding sits between
-    the head and each row's tokens, masked out, and positions continue from the head's length.
+    Returns, on the device, the candidates' log-probabilities ``[rows, candidates]`` and each
+    row's prefix log-probability ``[rows]``. With a shared ``head``, ``seqs`` are the rows' own
+    tokens after it: the padding sits between the head and each row's tokens, masked out, and
+    positions continue from the head's length.
     """
     import torch
     from transformers import DynamicCache
 
     b, width = len(seqs), max(len(s) for s in seqs)
-    ids_np = np.full((b, width), pad, dtype=np.int64)  # filled on the host, moved once (no per-row copies)
-    mask_np = np.zeros((b, width), dtype=np.int64)
+    host = np.zeros((b, 2 * width + 1), dtype=np.int64)  # ids | mask | prefix length: one copy to the device
+    host[:, :width] = pad
     for r, seq in enumerate(seqs):
-        ids_np[r, width - len(seq):] = seq
-        mask_np[r, width - len(seq):] = 1
-    ids, mask = torch.from_numpy(ids_np).to(device), torch.from_numpy(mask_np).to(device)
+        host[r, width - len(seq):width] = seq
+        host[r, 2 * width - len(seq):2 * width] = 1
+    host[:, -1] = n_prefix
+    packed = torch.from_numpy(host)
+    if device.type == "cuda":  # pinned: the copy does not wait for the device's queued work
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    ids, mask, prefix_len = packed[:, :width].contiguous(), packed[:, width:2 * width].contiguous(), packed[:, -1]
     skip = head.length if head is not None else 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
     keep = max(n_prefix) + 1  # logits predicting the prefix tokens and the first candidate token
@@ -224,23 +322,22 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], cand_id
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep,
                    **{kw: cache}).logits.float()
     logp = torch.log_softmax(logits, dim=-1)  # [b, keep, V]; position j predicts token width - keep + j + 1
-    if keep > 1:  # every row's prefix log-probability in one gather and one copy to the host (no per-row sync)
+    prefix = torch.zeros(b, dtype=logp.dtype, device=device)
+    if keep > 1:  # every row's prefix log-probability in one gather
         m = keep - 1  # position t < m predicts token width - m + t; a row's prefix is its last n_prefix tokens
         per_token = logp[:, :m].gather(-1, ids[:, width - m:].unsqueeze(-1)).squeeze(-1)  # [b, m]
-        own = torch.arange(m, device=device) >= (m - torch.tensor(n_prefix, device=device))[:, None]
-        out_p[rows] = torch.where(own, per_token, 0.0).sum(-1).cpu().numpy()
-    first = logp[:, -1]
-    totals = torch.stack([first[:, cand[0]] for cand in cand_ids], dim=1)  # [b, candidates]
-    if any(len(cand) > 1 for cand in cand_ids):
-        if tree is not None:
-            totals += _tree_logprobs(model, cache, kw, mask, positions[:, -1:], tree, cand_ids)
+        own = torch.arange(m, device=device) >= (m - prefix_len)[:, None]
+        prefix = torch.where(own, per_token, 0.0).sum(-1)
+    totals = logp[:, -1][:, labels.first]  # [b, candidates]: each candidate's first token
+    if max(labels.lengths) > 1:
+        if labels.tree is not None:
+            totals = totals + _tree_logprobs(model, cache, kw, mask, positions[:, -1:], labels)
         else:
-            totals += _sequential_logprobs(model, cache, kw, mask, positions[:, -1:], cand_ids)
-    out_c[rows] = totals.cpu().numpy()
+            totals = totals + _sequential_logprobs(model, cache, kw, mask, positions[:, -1:], labels.cand_ids)
+    return totals, prefix
 
 
-def _tree_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any, tree: CandidateTree,
-                   cand_ids: list[list[int]]) -> Any:
+def _tree_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any, labels: _CandidateTensors) -> Any:
     """log p(candidate tokens 2..n) for every candidate from one forward pass over the trie.
 
     Each trie node attends to the (unpadded) prompt in the cache and to its own ancestors, at the
@@ -250,24 +347,17 @@ def _tree_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any, tr
     """
     import torch
 
-    b, width, n = mask.shape[0], mask.shape[1], len(tree.tokens)
-    device = mask.device
-    tokens = torch.tensor(tree.tokens, dtype=torch.long, device=device).expand(b, -1)
-    pos = last_pos + 1 + torch.tensor(tree.depths, dtype=torch.long, device=device)
-    sees = torch.as_tensor(tree.sees, device=device)
+    tokens, depths, sees, nodes, targets, owner = labels.tree
+    b, width, n = mask.shape[0], mask.shape[1], tokens.numel()
     allowed = torch.cat([mask.bool()[:, None, :].expand(b, n, width), sees.expand(b, n, n)], dim=-1)[:, None]
     dtype = next(model.parameters()).dtype  # additive: eager attention adds the mask to its scores
-    additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-    logits = model(input_ids=tokens, attention_mask=additive, position_ids=pos, use_cache=True,
-                   **{kw: cache}).logits.float()
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    logits = model(input_ids=tokens.expand(b, -1), attention_mask=additive, position_ids=last_pos + 1 + depths,
+                   use_cache=True, **{kw: cache}).logits.float()
     logp = torch.log_softmax(logits, dim=-1)  # [b, nodes, V]
-    totals = torch.zeros((b, len(cand_ids)), dtype=logp.dtype, device=device)
-    for c, (cand, path) in enumerate(zip(cand_ids, tree.paths, strict=True)):
-        if path:
-            nodes = torch.tensor(path, dtype=torch.long, device=device)
-            target = torch.tensor(cand[1:], dtype=torch.long, device=device)
-            totals[:, c] = logp[:, nodes, target].sum(-1)
-    return totals
+    per_token = logp[:, nodes, targets]  # [b, tokens after the first, all candidates]
+    totals = torch.zeros((b, len(labels.lengths)), dtype=logp.dtype, device=mask.device)
+    return totals.index_add_(1, owner, per_token)
 
 
 def _sequential_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any,
