@@ -176,7 +176,7 @@ class _HostCopy:
         host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                      for t in tensors)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(tensors[0].device))  # the model's GPU, not the current one
         return cls(host, event)
 
     def wait(self) -> tuple[np.ndarray, ...]:
