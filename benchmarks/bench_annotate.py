@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile(dynamic=True) the model's forward before timing (its warm-up printed "
                              "apart); the labels it changes are counted against the eager model")
+    parser.add_argument("--recompile-limit", type=int, default=None,
+                        help="with --compile: torch._dynamo's recompile limit (default 8; int8 layers exceed it)")
     args = parser.parse_args()
 
     import torch
@@ -97,6 +99,8 @@ def main() -> None:
 
     if args.compile:
         reference = annotate(adata.copy(), mdl, min_overlap=0.0).obs["cellduality_cell_type"].astype(str).to_numpy()
+        if args.recompile_limit:
+            torch._dynamo.config.recompile_limit = args.recompile_limit
         mdl.model.forward = torch.compile(mdl.model.forward, dynamic=True)
         t = time.perf_counter()
         annotate(adata[:300].copy(), mdl, min_overlap=0.0)  # compiles for the shapes of the batches to come
