@@ -172,11 +172,7 @@ def _scale_figures(args, adata, mdl, annotate) -> None:
     device = "cuda" if next(mdl.model.parameters()).device.type == "cuda" else "cpu"
     default = candidates.BATCH_TOKENS[device]
     if device == "cuda" and default is None:
-        import torch
-
-        chosen = candidates.gpu_batch_tokens(mdl.model.config, torch.cuda.mem_get_info()[0],
-                                             next(mdl.model.parameters()).element_size())
-        print(f"tokens per scoring batch by free memory (the default): {chosen}")
+        print(f"tokens per scoring batch by free memory (the default): {candidates.default_batch_tokens(mdl.model)}")
     big = ad.concat([adata] * args.tile, index_unique="-") if args.tile > 1 else adata
     for tokens in args.batch_tokens or ([default] if args.tile > 1 else []):
         candidates.BATCH_TOKENS[device] = tokens or default

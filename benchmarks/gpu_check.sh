@@ -85,13 +85,14 @@ for entry in $EVAL_TASKS; do
   python3 - "$R/eval_${name}_metrics.json" "$R/evaluate_$name.seconds" "$task" "$WORK/eval_$name/run.json" <<'EOF2'
 import json, sys
 m, seconds, task = json.load(open(sys.argv[1])), float(open(sys.argv[2]).read()), sys.argv[3]
-timing = json.load(open(sys.argv[4])).get("timing", {}).get(task)
+run = json.load(open(sys.argv[4]))
+timing = run.get("timing", {}).get(task)
 r = m[task]
 n = int(r.get("n") or 0)
 main = {k: r[k] for k in ("accuracy", "macro_f1", "valid_rate", "knn@10") if r.get(k) is not None}
 answering = (f" (answering alone {timing['answer_seconds']:.1f} s, {timing['examples_per_second']:.1f} examples/s)"
              if timing else "")
-how = "ranked labels" if json.load(open(sys.argv[4])).get("fast_labels") else "generated answers"
+how = "ranked labels" if run.get("fast_labels") else "generated answers"
 print(f"evaluate {task} ({how}, start-up included): {seconds:.1f} s for {n} examples, "
       f"{n / seconds:.1f} examples/s{answering}; " + ", ".join(f"{k} {v:.3f}" for k, v in main.items()))
 EOF2

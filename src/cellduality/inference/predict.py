@@ -136,8 +136,7 @@ def model_sentences(adata: AnnData, task: Task, seed: int, **sentence_options: A
     first = rank < max_genes
     bounds = np.cumsum(np.minimum(per_row, max_genes))[:-1]
     cells = [part.tolist() for part in np.split(names[kept[first]], bounds)] if per_row.size else []
-    known = len(set(names[np.unique(kept)].tolist()))  # genes of the panel expressed (one per symbol)
-    total = len(set(vocab))
+    known, total = gene_overlap([names[np.unique(kept)].tolist()], vocab)  # the panel's genes the cells express
     return cells, {"model_genes": total, "model_genes_in_data": known, "overlap": round(known / max(1, total), 4)}
 
 

@@ -81,6 +81,18 @@ def gpu_batch_tokens(config: Any, free_bytes: int, dtype_bytes: int = 2, share: 
     return max(low, min(high, tokens))
 
 
+def default_batch_tokens(model: Any) -> int:
+    """:data:`BATCH_TOKENS` for the device ``model`` is on, a GPU's ``None`` resolved by its free memory."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokens = BATCH_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+    if tokens is None:
+        tokens = gpu_batch_tokens(model.config, torch.cuda.mem_get_info(device)[0],
+                                  next(model.parameters()).element_size())
+    return tokens
+
+
 def score_candidates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -116,10 +128,7 @@ def score_candidates(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     if max_tokens_per_batch is None:
-        max_tokens_per_batch = BATCH_TOKENS["cuda" if device.type == "cuda" else "cpu"]
-    if max_tokens_per_batch is None:  # a GPU: by its free memory
-        max_tokens_per_batch = gpu_batch_tokens(model.config, torch.cuda.mem_get_info(device)[0],
-                                                next(model.parameters()).element_size())
+        max_tokens_per_batch = default_batch_tokens(model)
     # one trie for every batch; kernels without 4D masks run one call per candidate instead
     custom_masks = _takes_custom_masks(model)
     tree = CandidateTree.build(cand_ids) if custom_masks else None
@@ -190,26 +199,29 @@ class _CandidateTensors:
     """Per call, the candidates' index tensors on the device, built once (a host-to-device copy
     inside the batch loop would wait for the device and stop the host from running ahead)."""
 
+    cand_ids: list[list[int]]
     first: Any  # [candidates]: each candidate's first token
-    lengths: list[int]
     tree: Any = None  # (tokens, depths, sees, nodes, targets, owner) of the trie, or None
-    cand_ids: list[list[int]] | None = None
+
+    @property
+    def multi_token(self) -> bool:
+        """Whether any candidate has tokens after its first (only then is a second pass needed)."""
+        return any(len(c) > 1 for c in self.cand_ids)
 
     @classmethod
     def build(cls, cand_ids: list[list[int]], tree: CandidateTree | None, device: Any) -> _CandidateTensors:
         import torch
 
-        first = torch.tensor([c[0] for c in cand_ids], dtype=torch.long, device=device)
-        trie = None
-        if tree is not None and any(len(c) > 1 for c in cand_ids):
+        out = cls(cand_ids, torch.tensor([c[0] for c in cand_ids], dtype=torch.long, device=device))
+        if tree is not None and out.multi_token:
             owner = [c for c, path in enumerate(tree.paths) for _ in path]
-            trie = (torch.tensor(tree.tokens, dtype=torch.long, device=device),
-                    torch.tensor(tree.depths, dtype=torch.long, device=device),
-                    torch.as_tensor(tree.sees, device=device),
-                    torch.tensor([i for path in tree.paths for i in path], dtype=torch.long, device=device),
-                    torch.tensor([t for c in cand_ids for t in c[1:]], dtype=torch.long, device=device),
-                    torch.tensor(owner, dtype=torch.long, device=device))
-        return cls(first, [len(c) for c in cand_ids], trie, cand_ids)
+            out.tree = (torch.tensor(tree.tokens, dtype=torch.long, device=device),
+                        torch.tensor(tree.depths, dtype=torch.long, device=device),
+                        torch.as_tensor(tree.sees, device=device),
+                        torch.tensor([i for path in tree.paths for i in path], dtype=torch.long, device=device),
+                        torch.tensor([t for c in cand_ids for t in c[1:]], dtype=torch.long, device=device),
+                        torch.tensor(owner, dtype=torch.long, device=device))
+        return out
 
 
 @dataclass(frozen=True)
@@ -329,7 +341,7 @@ def _score_batch(model: Any, seqs: list[list[int]], n_prefix: list[int], labels:
         own = torch.arange(m, device=device) >= (m - prefix_len)[:, None]
         prefix = torch.where(own, per_token, 0.0).sum(-1)
     totals = logp[:, -1][:, labels.first]  # [b, candidates]: each candidate's first token
-    if max(labels.lengths) > 1:
+    if labels.multi_token:
         if labels.tree is not None:
             totals = totals + _tree_logprobs(model, cache, kw, mask, positions[:, -1:], labels)
         else:
@@ -356,7 +368,7 @@ def _tree_logprobs(model: Any, cache: Any, kw: str, mask: Any, last_pos: Any, la
                    use_cache=True, **{kw: cache}).logits.float()
     logp = torch.log_softmax(logits, dim=-1)  # [b, nodes, V]
     per_token = logp[:, nodes, targets]  # [b, tokens after the first, all candidates]
-    totals = torch.zeros((b, len(labels.lengths)), dtype=logp.dtype, device=mask.device)
+    totals = torch.zeros((b, len(labels.cand_ids)), dtype=logp.dtype, device=mask.device)
     return totals.index_add_(1, owner, per_token)
 
 
